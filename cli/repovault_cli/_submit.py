@@ -1,0 +1,102 @@
+"""Submitting repositories: validate locally, then hand them to the intake with a token."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import httpx
+
+from repovault import db
+from repovault.jobs import Job
+from repovault.settings import Settings
+from repovault.urls import InvalidRepoUrl, check_host_policy, parse_repo_url
+
+
+class SubmitError(Exception):
+    """Nothing was queued; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Submitted:
+    id: UUID
+    repo_url: str
+    bucket: str
+
+
+def read_url_lines(lines: Iterable[str]) -> list[str]:
+    """One URL per line; blank lines and ``#`` comments are skipped (cron-friendly)."""
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def validate(settings: Settings, urls: list[str]) -> list[str]:
+    """Every URL checked before anything is sent; all problems reported together."""
+    if not urls:
+        raise SubmitError("no repository URLs given; pass URLs, or --file F / - for a list")
+    problems = []
+    for url in urls:
+        try:
+            repo = parse_repo_url(url)
+            check_host_policy(repo, settings.allowed_hosts, settings.allow_private_hosts)
+        except InvalidRepoUrl as error:
+            problems.append(str(error))
+    return problems
+
+
+def submit(settings: Settings, urls: list[str], token: str) -> list[Submitted]:
+    problems = validate(settings, urls)
+    if problems:
+        raise SubmitError("nothing was queued:\n  " + "\n  ".join(problems))
+    try:
+        response = httpx.post(
+            f"{settings.intake_url}/v1/jobs",
+            json={"urls": urls},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+    except httpx.HTTPError as failure:
+        raise SubmitError(
+            f"cannot reach the intake at {settings.intake_url} ({type(failure).__name__}); "
+            "nothing was queued; is the injector running (`make status`)?"
+        ) from None
+    body = _json(response)
+    if response.status_code == 202:
+        return [Submitted(UUID(j["id"]), j["repo_url"], j["bucket"]) for j in body["jobs"]]
+    error = str(body.get("error", f"HTTP {response.status_code}"))
+    if response.status_code == 400 and body.get("problems"):
+        error += ":\n  " + "\n  ".join(body["problems"])
+    if response.status_code == 401:
+        raise SubmitError(f"not accepted: {error}; run `rv login` and submit again")
+    if response.status_code == 403:
+        raise SubmitError(f"not allowed: {error}; ask an operator for the rv-submit role")
+    raise SubmitError(error if error.startswith("nothing") else f"nothing was queued: {error}")
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {"error": f"HTTP {response.status_code} from the intake"}
+    return body if isinstance(body, dict) else {}
+
+
+def wait_for(
+    conn: db.Connection,
+    job_ids: list[UUID],
+    on_update: Callable[[list[Job]], None],
+    interval: float = 0.25,
+    timeout: float | None = None,
+) -> list[Job]:
+    """Poll until every job is final (or the timeout passes); report each change."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        jobs = db.list_jobs(conn, ids=job_ids, limit=len(job_ids))
+        on_update(jobs)
+        if len(jobs) == len(job_ids) and all(job.state.is_final for job in jobs):
+            return jobs
+        if deadline is not None and time.monotonic() > deadline:
+            return jobs
+        time.sleep(interval)

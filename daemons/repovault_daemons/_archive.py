@@ -1,0 +1,275 @@
+"""Cloning a repository with pygit2 and storing it, restorable, in its MinIO bucket."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, BinaryIO, cast
+
+import pygit2
+from minio import Minio
+
+from repovault.jobs import JobState
+from repovault.snapshots import (
+    LATEST_KEY,
+    SYMLINK_MODE,
+    FileEntry,
+    Manifest,
+    bundle_key,
+    file_key,
+    latest_manifest,
+    manifest_key,
+    read_manifest,
+)
+
+log = logging.getLogger(__name__)
+MIB = 1024 * 1024
+FETCH_REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
+
+
+class ArchiveFailed(Exception):
+    """A permanent failure (no such repository, credentials needed, too large): the job
+    ends ``failed`` with this message, which a person can act on."""
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    max_repo_bytes: int
+    upload_threads: int = 8
+    stream_above_bytes: int = 16 * MIB  # larger files are streamed from git, not held in memory
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    state: JobState  # DONE or UNCHANGED
+    snapshot: str
+    head_commit: str | None
+    bytes_stored: int
+
+
+class _Callbacks(pygit2.RemoteCallbacks):
+    """Aborts a fetch that grows past the size cap."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__()
+        self._max_bytes = max_bytes
+
+    def transfer_progress(self, stats: Any) -> None:
+        if stats.received_bytes > self._max_bytes:
+            raise ArchiveFailed(
+                f"repository exceeds the size cap of {self._max_bytes} bytes "
+                "(operators set RV_MAX_REPO_BYTES)"
+            )
+
+
+def archive(
+    client: Minio,
+    repo_url: str,
+    bucket: str,
+    snapshot: str,
+    work_dir: str | None,
+    limits: ArchiveLimits,
+) -> ArchiveResult:
+    """Store ``repo_url`` as snapshot ``snapshot`` (the job id) of ``bucket``.
+
+    Idempotent: a snapshot whose manifest already exists is not redone, and a repository
+    whose refs equal the latest snapshot's is recorded as unchanged without a clone.
+    The temporary clone is deleted whatever happens.
+    """
+    existing = read_manifest(client, bucket, snapshot) if client.bucket_exists(bucket) else None
+    if existing is not None:
+        return ArchiveResult(JobState.DONE, snapshot, existing.head_commit, existing.bytes_stored)
+    with tempfile.TemporaryDirectory(prefix="rv-clone-", dir=work_dir or None) as tmp:
+        repo = pygit2.init_repository(str(Path(tmp, "repo.git")), bare=True)
+        remote = repo.remotes.create_anonymous(repo_url)
+        callbacks = _Callbacks(limits.max_repo_bytes)
+        heads = _git_call(lambda: remote.list_heads(callbacks=callbacks), repo_url)
+        advertised = {
+            head.name: str(head.oid)
+            for head in heads
+            if head.name.startswith(("refs/heads/", "refs/tags/")) and not head.name.endswith("^{}")
+        }
+        previous = latest_manifest(client, bucket)
+        if previous is not None and previous.refs == advertised:
+            return ArchiveResult(JobState.UNCHANGED, previous.snapshot, previous.head_commit, 0)
+        if advertised:
+            _git_call(lambda: remote.fetch(FETCH_REFSPECS, callbacks=callbacks), repo_url)
+        head_ref = next((h.symref_target for h in heads if h.name == "HEAD"), None)
+        manifest = _store(client, repo, bucket, snapshot, repo_url, head_ref, Path(tmp), limits)
+    return ArchiveResult(JobState.DONE, snapshot, manifest.head_commit, manifest.bytes_stored)
+
+
+def _git_call(call: Any, repo_url: str) -> Any:
+    try:
+        return call()
+    except pygit2.GitError as error:
+        raise ArchiveFailed(_explain_git_error(repo_url, str(error))) from None
+
+
+def _explain_git_error(repo_url: str, message: str) -> str:
+    lowered = message.lower()
+    if "404" in lowered or "not found" in lowered or "does not appear to be a git" in lowered:
+        return f"repository {repo_url} does not exist (or is not visible without credentials)"
+    if "401" in lowered or "authentication" in lowered or "credentials" in lowered:
+        return f"repository {repo_url} needs credentials; configure them on the worker"
+    if "connect" in lowered or "resolve" in lowered:
+        return f"cannot reach {repo_url}: {message}"
+    return f"git could not fetch {repo_url}: {message}"
+
+
+def _refs(repo: pygit2.Repository) -> dict[str, str]:
+    names = [name for name in repo.references if name.startswith(("refs/heads/", "refs/tags/"))]
+    return {name: str(repo.references[name].target) for name in sorted(names)}
+
+
+def _store(
+    client: Minio,
+    repo: pygit2.Repository,
+    bucket: str,
+    snapshot: str,
+    repo_url: str,
+    head_ref: str | None,
+    tmp: Path,
+    limits: ArchiveLimits,
+) -> Manifest:
+    refs = _refs(repo)
+    branches = [name for name in refs if name.startswith("refs/heads/")]
+    default_branch = head_ref if head_ref in refs else (branches[0] if branches else None)
+    head_commit = None
+    if default_branch is not None:
+        repo.set_head(default_branch)
+        head_commit = str(repo.references[default_branch].peel(pygit2.Commit).id)
+    if not client.bucket_exists(bucket):
+        client.make_bucket(bucket)
+    bundle_size, bundle_sha = 0, None
+    if refs:
+        bundle = tmp / "repo.bundle"
+        subprocess.run(
+            ["git", "bundle", "create", "--quiet", str(bundle), "--all"],
+            cwd=repo.path,
+            check=True,
+            capture_output=True,
+        )
+        bundle_sha = _sha256_file(bundle)
+        bundle_size = bundle.stat().st_size
+        client.fput_object(bucket, bundle_key(snapshot), str(bundle), part_size=64 * MIB)
+    files: list[FileEntry] = []
+    if head_commit is not None:
+        tree = repo.revparse_single(head_commit).peel(pygit2.Tree)
+        with ThreadPoolExecutor(limits.upload_threads) as pool:
+            files = list(
+                pool.map(
+                    lambda item: _upload_file(
+                        client, repo, bucket, snapshot, item[0], item[1], limits
+                    ),
+                    _walk(repo, tree, ""),
+                )
+            )
+    manifest = Manifest(
+        repo_url=repo_url,
+        snapshot=snapshot,
+        job_id=snapshot,
+        created=datetime.now(UTC).isoformat(),
+        head_commit=head_commit,
+        default_branch=default_branch,
+        refs=refs,
+        bundle_size=bundle_size,
+        bundle_sha256=bundle_sha,
+        files=sorted(files, key=lambda entry: entry.path),
+    )
+    _put_bytes(client, bucket, manifest_key(snapshot), manifest.to_json(), "application/json")
+    pointer = json.dumps({"snapshot": snapshot}).encode()
+    _put_bytes(client, bucket, LATEST_KEY, pointer, "application/json")
+    return manifest
+
+
+def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str) -> Iterator[tuple[str, Any]]:
+    """Blobs and symlinks of a tree, recursively; submodules (commits) are skipped."""
+    for entry in tree:
+        path = f"{prefix}{entry.name}"
+        if entry.type_str == "tree":
+            yield from _walk(repo, repo[entry.id].peel(pygit2.Tree), f"{path}/")
+        elif entry.type_str == "blob":
+            yield path, entry
+
+
+def _upload_file(
+    client: Minio,
+    repo: pygit2.Repository,
+    bucket: str,
+    snapshot: str,
+    path: str,
+    entry: Any,
+    limits: ArchiveLimits,
+) -> FileEntry:
+    blob = cast(pygit2.Blob, repo[entry.id])
+    size = blob.size
+    mode = int(entry.filemode)
+    metadata: dict[str, str | list[str] | tuple[str]] = {"rv-mode": oct(mode)}
+    if size > limits.stream_above_bytes and mode != SYMLINK_MODE:
+        with subprocess.Popen(
+            ["git", "cat-file", "blob", str(entry.id)], cwd=repo.path, stdout=subprocess.PIPE
+        ) as process:
+            assert process.stdout is not None  # noqa: S101 -- PIPE was requested
+            reader = _HashingReader(process.stdout)
+            client.put_object(
+                bucket,
+                file_key(snapshot, path),
+                cast(BinaryIO, reader),
+                size,
+                metadata=metadata,
+                part_size=16 * MIB,
+            )
+        return FileEntry(path, size, reader.hexdigest(), mode)
+    data = blob.data
+    _put_bytes(client, bucket, file_key(snapshot, path), data, metadata=metadata)
+    return FileEntry(path, size, hashlib.sha256(data).hexdigest(), mode)
+
+
+class _HashingReader(io.RawIOBase):
+    """Passes a stream through while computing its sha256."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._hash = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._stream.read(size)
+        self._hash.update(chunk)
+        return chunk
+
+    def readable(self) -> bool:
+        return True
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def _put_bytes(
+    client: Minio,
+    bucket: str,
+    key: str,
+    data: bytes,
+    content_type: str = "application/octet-stream",
+    metadata: dict[str, str | list[str] | tuple[str]] | None = None,
+) -> None:
+    client.put_object(
+        bucket, key, io.BytesIO(data), len(data), content_type=content_type, metadata=metadata
+    )
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(MIB), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
