@@ -76,6 +76,7 @@ class Shutdown:
     def install(self) -> None:
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, self._handle)
+            signal.siginterrupt(number, False)  # a clone in progress must not see EINTR
 
     def _handle(self, number: int, frame: FrameType | None) -> None:
         if self.requested.is_set():

@@ -1,0 +1,85 @@
+"""Running the real daemons as subprocesses, with their logs kept for the tests to read."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.gitserve import free_port
+
+
+class Daemon:
+    """One daemon process (`injector` or `worker`), stopped by its pid."""
+
+    def __init__(self, kind: str, env: dict[str, str], log_dir: Path, name: str) -> None:
+        self.kind = kind
+        self.name = name
+        self.port = free_port()
+        listen = "RV_INTAKE_LISTEN" if kind == "injector" else "RV_WORKER_HEALTH_LISTEN"
+        self.env = {**env, listen: f"127.0.0.1:{self.port}"}
+        if kind == "injector":
+            self.env["RV_INTAKE_URL"] = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"repovault_daemons.{kind}"],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not healthy: {self.log_path.read_text()[-3000:]}")
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.url}/metrics", timeout=5).text
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self._log.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def daemon_env(stack_env: dict[str, str], prefix: str, work_dir: Path) -> dict[str, str]:
+    """The environment the daemons and the CLI share in tests: loopback repositories
+    allowed, topics under a prefix of their own."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RV_")},
+        **stack_env,
+        "RV_TOPIC_PREFIX": prefix,
+        "RV_ALLOW_PRIVATE_HOSTS": "127.0.0.1",
+        "RV_WORK_DIR": str(work_dir),
+        "RV_LOG_LEVEL": "INFO",
+    }
