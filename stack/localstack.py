@@ -452,7 +452,8 @@ def wait_healthy(
                 f"it is left running: `python stack/localstack.py stop` stops it. Last lines:\n"
                 f"{_tail(cfg.log(service))}",
             )
-        time.sleep(0.25)
+        # Keycloak logs every failed readiness probe at INFO: ask it less often.
+        time.sleep(1.0 if service == "keycloak" else 0.25)
 
 
 def port_free(port: int) -> bool:
@@ -909,34 +910,79 @@ def pg_layout(cfg: Config, create: bool) -> PgLayout:
             ) from exc
     else:
         user = pwd.getpwuid(os.geteuid())
-    data = cfg.stack / "postgres"
-    sock = cfg.run / "pg"
-    layout = PgLayout(binary, data, sock, user)
-    if len(str(sock)) + len("/.s.PGSQL.65535") >= 100:
-        digest = hashlib.sha256(str(cfg.stack).encode()).hexdigest()[:12]
-        sock = Path(tempfile.gettempdir()) / f"repovault-pg-{digest}"
-        layout = PgLayout(binary, data, sock, user)
+    link = cfg.stack / "postgres"
+    if link.is_symlink():
+        # Data kept outside the stack dir (see _pg_fallback); the socket lives beside it.
+        data = link.resolve()
+        layout = PgLayout(binary, data, data.parent / "run", user)
+    else:
+        sock = cfg.run / "pg"
+        if len(str(sock)) + len("/.s.PGSQL.65535") >= 100:
+            sock = PG_FALLBACK_BASE / f"sock-{_stack_digest(cfg)}"
+        layout = PgLayout(binary, link, sock, user)
     if not create:
         return layout
+    _pg_dirs(layout)
+    if not _pg_reachable(layout):
+        if link.is_symlink() or (link / "PG_VERSION").exists():
+            raise StackError(
+                "postgres",
+                f"the `{user.pw_name}` user cannot reach {layout.data} any more (a parent "
+                "directory is not searchable by others); make it searchable again",
+            )
+        layout = _pg_fallback(cfg, layout)
+    return layout
+
+
+PG_FALLBACK_BASE = Path("/var/lib/repovault")
+
+
+def _stack_digest(cfg: Config) -> str:
+    return hashlib.sha256(str(cfg.stack).encode()).hexdigest()[:12]
+
+
+def _pg_dirs(layout: PgLayout) -> None:
     for directory in (layout.data, layout.socket_dir):
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         if os.geteuid() == 0:
-            os.chown(directory, user.pw_uid, user.pw_gid)
+            os.chown(directory, layout.user.pw_uid, layout.user.pw_gid)
         os.chmod(directory, 0o700)
-    if os.geteuid() == 0:
-        probe = subprocess.run(
-            layout.as_user(["test", "-w", str(layout.data), "-a", "-w", str(layout.socket_dir)]),
-            check=False,
-            capture_output=True,
+
+
+def _pg_reachable(layout: PgLayout) -> bool:
+    if layout.user.pw_uid == os.geteuid():
+        return True
+    probe = subprocess.run(
+        layout.as_user(["test", "-w", str(layout.data), "-a", "-w", str(layout.socket_dir)]),
+        check=False,
+        capture_output=True,
+    )
+    return probe.returncode == 0
+
+
+def _pg_fallback(cfg: Config, layout: PgLayout) -> PgLayout:
+    """The stack dir sits under a directory the postgres user cannot enter (e.g. /root):
+    keep the cluster in /var/lib/repovault/<digest>/ and link .stack/postgres to it."""
+    base = PG_FALLBACK_BASE / _stack_digest(cfg)
+    for directory in (PG_FALLBACK_BASE, base):
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o711)  # noqa: S103 - search only, so postgres can reach its dir
+    moved = PgLayout(layout.bin, base / "data", base / "run", layout.user)
+    _pg_dirs(moved)
+    if not _pg_reachable(moved):
+        raise StackError(
+            "postgres",
+            f"the `{layout.user.pw_name}` user can reach neither {layout.data} nor "
+            f"{moved.data}. Set RV_STACK_DIR to a directory under a world-searchable path",
         )
-        if probe.returncode != 0:
-            raise StackError(
-                "postgres",
-                f"the `postgres` user cannot reach {layout.data} (a parent directory of "
-                f"{cfg.stack} is not searchable by others). Set RV_STACK_DIR to a directory "
-                f"under a world-searchable path, e.g. RV_STACK_DIR=/var/tmp/repovault-stack",
-            )
-    return layout
+    link = cfg.stack / "postgres"
+    with contextlib.suppress(OSError):
+        link.rmdir()  # the empty directory made a moment ago
+    link.symlink_to(moved.data)
+    with contextlib.suppress(OSError):
+        layout.socket_dir.rmdir()
+    say(f"postgres: {cfg.stack} is not reachable by `{layout.user.pw_name}`; data in {moved.data}")
+    return moved
 
 
 def pg_healthy(cfg: Config, layout: PgLayout) -> tuple[bool, str]:
