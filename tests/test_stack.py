@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
 import sys
 import time
 import uuid
+from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -244,6 +247,84 @@ class TestKeycloak:
         )
         assert response.status_code in (400, 401)
         assert response.json()["error"] == "unauthorized_client"
+
+
+class _Browser:
+    """Just enough of a browser for Keycloak's login pages: follows redirects and keeps
+    cookies by hand (Keycloak marks them Secure, which browsers honour on 127.0.0.1 but
+    httpx's cookie jar does not over plain http)."""
+
+    def __init__(self) -> None:
+        self.cookies: dict[str, str] = {}
+
+    def request(self, method: str, url: str, data: dict[str, str] | None = None) -> httpx.Response:
+        for _ in range(10):
+            cookie = "; ".join(f"{key}={value}" for key, value in self.cookies.items())
+            response = httpx.request(method, url, data=data, headers={"Cookie": cookie}, timeout=30)
+            for header in response.headers.get_list("set-cookie"):
+                parsed: SimpleCookie = SimpleCookie()
+                parsed.load(header)
+                self.cookies.update({key: morsel.value for key, morsel in parsed.items()})
+            if response.status_code not in (301, 302, 303):
+                return response
+            url, method, data = str(response.url.join(response.headers["location"])), "GET", None
+        raise AssertionError(f"too many redirects at {url}")
+
+    def submit(self, page: httpx.Response, fields: dict[str, str]) -> httpx.Response:
+        form = re.search(r'(?s)<form[^>]*action="([^"]+)".*?</form>', page.text)
+        assert form, f"no form on {page.url}"
+        hidden = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form[0]))
+        action = str(page.url.join(html.unescape(form[1])))
+        return self.request("POST", action, {**hidden, **fields})
+
+
+class TestDeviceLogin:
+    @pytest.mark.parametrize(
+        ("user", "roles"),
+        [
+            ("demo", {"rv-submit"}),
+            ("operator", {"rv-submit", "rv-operator"}),
+            ("nobody", set()),
+        ],
+    )
+    def test_device_login_gives_rv_roles(
+        self, stack_env: dict[str, str], user: str, roles: set[str]
+    ) -> None:
+        """A demo user logs in through the device flow (form, consent) and rv-cli gets an
+        offline-capable token for rv-api carrying exactly that user's rv roles."""
+        issuer = f"{stack_env['RV_KEYCLOAK_URL']}/realms/{stack_env['RV_KEYCLOAK_REALM']}"
+        oidc = f"{issuer}/protocol/openid-connect"
+        device = httpx.post(
+            f"{oidc}/auth/device",
+            data={"client_id": "rv-cli", "scope": "openid offline_access"},
+            timeout=30,
+        ).json()
+        browser = _Browser()
+        login = browser.request("GET", device["verification_uri_complete"])
+        assert login.status_code == 200
+        consent = browser.submit(login, {"username": user, "password": user})
+        assert consent.status_code == 200
+        assert 'name="accept"' in consent.text, "expected Keycloak's device consent page"
+        done = browser.submit(consent, {"accept": "Yes"})
+        assert "Device Login Successful" in done.text
+        response = httpx.post(
+            f"{oidc}/token",
+            data={
+                "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+                "client_id": "rv-cli",
+                "device_code": device["device_code"],
+            },
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        tokens = response.json()
+        assert "offline_access" in tokens["scope"].split()
+        claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+        assert claims["preferred_username"] == user
+        assert claims["iss"] == issuer
+        assert claims["sub"]
+        assert "rv-api" in claims["aud"]
+        assert {r for r in claims["realm_access"]["roles"] if r.startswith("rv-")} == roles
 
 
 class TestLocalstackScript:
