@@ -13,7 +13,12 @@ import httpx
 from repovault import db
 from repovault.jobs import Job
 from repovault.settings import Settings
-from repovault.urls import InvalidRepoUrl, check_host_policy, parse_repo_url
+from repovault.urls import (
+    InvalidRepoUrl,
+    check_host_policy,
+    literal_addresses,
+    parse_repo_url,
+)
 
 
 class SubmitError(Exception):
@@ -33,14 +38,17 @@ def read_url_lines(lines: Iterable[str]) -> list[str]:
 
 
 def validate(settings: Settings, urls: list[str]) -> list[str]:
-    """Every URL checked before anything is sent; all problems reported together."""
+    """Every URL checked before anything is sent; all problems reported together.
+    Host names are not resolved here: the intake does that with the daemons' DNS."""
     if not urls:
         raise SubmitError("no repository URLs given; pass URLs, or --file F / - for a list")
     problems = []
     for url in urls:
         try:
             repo = parse_repo_url(url)
-            check_host_policy(repo, settings.allowed_hosts, settings.allow_private_hosts)
+            check_host_policy(
+                repo, settings.allowed_hosts, settings.allow_private_hosts, literal_addresses
+            )
         except InvalidRepoUrl as error:
             problems.append(str(error))
     return problems

@@ -25,7 +25,7 @@ from repovault.jobs import Job, JobState
 from repovault.settings import Settings, SettingsError
 from repovault.snapshots import s3_client
 from repovault.urls import InvalidRepoUrl, parse_repo_url
-from repovault_cli import _render, _restore, _submit, _tokens
+from repovault_cli import _render, _restore, _submit, _tokens, _trending
 
 EXIT_JOBS_FAILED = 3
 console = Console()
@@ -301,3 +301,51 @@ def whoami(ctx: click.Context, as_json: bool) -> None:
             f"{document['user']}  roles: {', '.join(roles) or 'none'}  "
             f"expires: {document['expires']}"
         )
+
+
+@cli.command()
+@click.option(
+    "--limit",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, _trending.MAX_PER_PAGE),
+    help="How many repositories, most stars first.",
+)
+@click.option("--language", help="Only repositories in this language (GitHub's name for it).")
+@click.option(
+    "--since",
+    type=click.Choice(list(_trending.WINDOWS)),
+    default="week",
+    show_default=True,
+    help="Repositories created in the last day, week or month (UTC).",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be queued; queue nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.pass_context
+def trending(
+    ctx: click.Context,
+    limit: int,
+    language: str | None,
+    since: str,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Archive GitHub's trending repositories: the most-starred created in the window.
+    Those archived since their last push are skipped (see docs/trending.md)."""
+    settings = _settings(ctx)
+    with _reader(settings) as conn:
+        try:
+            entries = _trending.trending(
+                settings, conn, limit=limit, language=language, since=since, dry_run=dry_run
+            )
+        except (
+            _trending.TrendingError,
+            _submit.SubmitError,
+            _tokens.NotLoggedIn,
+            _tokens.LoginFailed,
+        ) as error:
+            _fail(str(error))
+    if as_json:
+        _print_json([entry.to_dict() for entry in entries])
+    else:
+        console.print(_trending.table(entries, title=f"trending on GitHub, last {since}"))

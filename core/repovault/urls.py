@@ -121,6 +121,15 @@ def check_host_policy(
             )
 
 
+def literal_addresses(host: str) -> list[str]:
+    """A resolver that does no DNS: an IP literal is its own address, a name has none known.
+    Clients use it for early feedback; the daemons resolve for real."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        return []
+
+
 def _resolve(host: str) -> list[str]:
     infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     return sorted({str(info[4][0]) for info in infos})
