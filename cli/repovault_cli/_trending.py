@@ -35,7 +35,7 @@ from rich.table import Table
 from repovault import db
 from repovault.jobs import JobState
 from repovault.settings import Settings
-from repovault.urls import InvalidRepoUrl, check_host_policy, parse_repo_url
+from repovault.urls import InvalidRepoUrl, check_host_policy, literal_addresses, parse_repo_url
 from repovault_cli import _submit, _tokens
 
 WINDOWS = {"day": 1, "week": 7, "month": 30}
@@ -300,12 +300,15 @@ def _hide(text: str, token: str) -> str:
 
 def plan(conn: db.Connection, settings: Settings, repos: list[TrendingRepo]) -> list[Entry]:
     """Rank the repositories and decide: skip those archived after their last push (and
-    those rv would refuse), queue the rest (``action`` is ``would queue`` until submitted)."""
+    those rv would refuse), queue the rest (``action`` is ``would queue`` until submitted).
+    No DNS here, as in ``_submit.validate``: the intake resolves host names for real."""
     entries = []
     for rank, repo in enumerate(repos, start=1):
         try:
             parsed = parse_repo_url(repo.clone_url)
-            check_host_policy(parsed, settings.allowed_hosts, settings.allow_private_hosts)
+            check_host_policy(
+                parsed, settings.allowed_hosts, settings.allow_private_hosts, literal_addresses
+            )
         except InvalidRepoUrl as error:
             entries.append(Entry(rank, repo, "skipped", f"not archivable: {error}"))
             continue
