@@ -17,18 +17,41 @@ install:
 stack-install:
 	$(STACK) install
 
-# Local processes, no container engine needed.
+# Docker Compose when a Docker engine with the compose plugin answers, else the local
+# processes of stack/localstack.py (no container engine needed). DEPLOY=local or
+# DEPLOY=compose forces one.
 up:
-	$(STACK) start
+	@if [ "$(DEPLOY)" != local ] && docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then \
+	  echo "make up: Docker engine found: starting the Compose deployment (compose.yml)" >&2; \
+	  [ -f .env ] || { echo "make up: no .env: run cp .env.example .env and change its passwords" >&2; exit 1; }; \
+	  docker compose up -d --build --wait; \
+	elif [ "$(DEPLOY)" = compose ]; then \
+	  echo "make up: DEPLOY=compose but no Docker engine with the compose plugin answers" >&2; exit 1; \
+	else \
+	  echo "make up: no Docker engine with compose: starting the local stack (stack/localstack.py)" >&2; \
+	  $(STACK) start; \
+	fi
 
 down:
-	$(STACK) stop
+	@if [ "$(DEPLOY)" != local ] && docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then \
+	  echo "make down: stopping the Compose deployment (volumes are kept)" >&2; \
+	  docker compose down; \
+	else \
+	  echo "make down: stopping the local stack (stack/localstack.py)" >&2; \
+	  $(STACK) stop; \
+	fi
 
 status:
 	$(STACK) status
 
 logs:
-	$(STACK) logs $(SERVICE)
+	@if [ "$(DEPLOY)" != local ] && docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then \
+	  echo "make logs: Compose deployment" >&2; \
+	  docker compose logs --tail=200 $(SERVICE); \
+	else \
+	  echo "make logs: local stack (stack/localstack.py)" >&2; \
+	  $(STACK) logs $(SERVICE); \
+	fi
 
 env:
 	@$(STACK) env
