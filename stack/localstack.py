@@ -60,6 +60,7 @@ KEYCLOAK_JAVA_HOME_DEFAULT = Path("/usr/lib/jvm/temurin-25-jdk-amd64")
 KEYCLOAK_BUILD_OPTIONS = ("--db=postgres", "--health-enabled=true")
 KEYCLOAK_ADMIN_USER = "admin"
 MINIO_ROOT_USER = "rv-minio-admin"
+MAVEN_HINT = "downloads from Maven Central need Maven: apt-get install -y maven"
 REALM = "rv"
 CRON_CLIENT_ID = "rv-cron"
 
@@ -504,9 +505,10 @@ def kafka_java() -> str:
     home = os.environ.get("RV_STACK_KAFKA_JAVA_HOME", "").strip()
     java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
     if not java or not Path(java).exists():
+        where = f"at {java}" if home else "on PATH"
         raise StackError(
             "kafka",
-            f"no Java found (Kafka {KAFKA_VERSION} needs Java {KAFKA_MIN_JAVA} or newer). "
+            f"no Java found {where} (Kafka {KAFKA_VERSION} needs Java {KAFKA_MIN_JAVA} or newer). "
             "Install it (apt-get install -y openjdk-17-jre-headless) or set "
             "RV_STACK_KAFKA_JAVA_HOME",
         )
@@ -661,7 +663,7 @@ def install_kafka(cfg: Config) -> None:
     with file_lock(home / ".lock", "the Kafka download"):
         if kafka_installed(cfg):
             return
-        mvn = need_tool("kafka", "mvn", "install Maven (apt-get install -y maven)")
+        mvn = need_tool("kafka", "mvn", MAVEN_HINT)
         say(f"kafka: downloading Kafka {KAFKA_VERSION} jars from Maven Central")
         (home / "pom.xml").write_text(KAFKA_POM)
         tmp = home / "libs.partial"
@@ -706,6 +708,48 @@ def _other_minio_build() -> int | None:
     return None
 
 
+def go_tool() -> tuple[str, str]:
+    """The `go` command and its version, if it is new enough to build MinIO."""
+    go = need_tool("minio", "go", f"MinIO is built with Go >= {MIN_GO[0]}.{MIN_GO[1]}: install Go")
+    version = subprocess.run(
+        [go, "env", "GOVERSION"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    match = re.match(r"go(\d+)\.(\d+)", version)
+    if not match or (int(match.group(1)), int(match.group(2))) < MIN_GO:
+        raise StackError(
+            "minio",
+            f"{go} is {version or 'of unknown version'}; building MinIO needs Go "
+            f"{MIN_GO[0]}.{MIN_GO[1]} or newer. Install a newer Go (or put a minio binary "
+            "at the cache path)",
+        )
+    return go, version
+
+
+def preflight_tools(cfg: Config, services: list[str]) -> list[StackError]:
+    """Check the tools the services about to start need, before starting any of them."""
+    checks: list[tuple[str, Callable[[], object]]] = []
+    if "postgres" in services and os.geteuid() != 0:
+        checks.append(("postgres", pg_bin))
+    if "kafka" in services:
+        checks.append(("kafka", kafka_java))
+        if not kafka_installed(cfg):
+            checks.append(("kafka", lambda: need_tool("kafka", "mvn", MAVEN_HINT)))
+    if "keycloak" in services:
+        checks.append(("keycloak", keycloak_java_home))
+        archive = cfg.cache / "keycloak" / f"keycloak-quarkus-dist-{KEYCLOAK_VERSION}.zip"
+        if not keycloak_installed(cfg) and not archive.exists():
+            checks.append(("keycloak", lambda: need_tool("keycloak", "mvn", MAVEN_HINT)))
+    if "minio" in services and not minio_binary(cfg).exists() and _other_minio_build() is None:
+        checks.append(("minio", go_tool))
+    errors = []
+    for _, check in checks:
+        try:
+            check()
+        except StackError as exc:
+            errors.append(exc)
+    return errors
+
+
 def install_minio(cfg: Config) -> None:
     home = cfg.cache / "minio"
     binary = minio_binary(cfg)
@@ -713,28 +757,19 @@ def install_minio(cfg: Config) -> None:
         build_log = home / "build.log"
         # A build started by hand (or by an older localstack) may still be running: wait for it
         # rather than compiling the same thing twice on two cores.
+        last_size = -1
         while not binary.exists():
             other = _other_minio_build()
-            growing = build_log.exists() and time.time() - build_log.stat().st_mtime < 120
-            if other is None and not growing:
+            size = build_log.stat().st_size if build_log.exists() else -1
+            recent = build_log.exists() and time.time() - build_log.stat().st_mtime < 60
+            if other is None and (not recent or size == last_size):
                 break
             say(f"minio: waiting for the MinIO build already running (log {build_log})")
+            last_size = size
             time.sleep(10)
         if binary.exists():
             return
-        go = need_tool(
-            "minio", "go", f"MinIO is built with Go >= {MIN_GO[0]}.{MIN_GO[1]}: install Go"
-        )
-        version = subprocess.run(
-            [go, "env", "GOVERSION"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-        match = re.match(r"go(\d+)\.(\d+)", version)
-        if not match or (int(match.group(1)), int(match.group(2))) < MIN_GO:
-            raise StackError(
-                "minio",
-                f"{go} is {version or 'of unknown version'}; building MinIO needs Go "
-                f"{MIN_GO[0]}.{MIN_GO[1]} or newer. Install a newer Go",
-            )
+        go, version = go_tool()
         say(f"minio: building {MINIO_MODULE} with {version} (several minutes; log {build_log})")
         env = dict(os.environ, GOBIN=str(binary.parent))
         binary.parent.mkdir(parents=True, exist_ok=True)
@@ -780,7 +815,7 @@ def install_keycloak(cfg: Config) -> None:
         java_home = keycloak_java_home()
         archive = base / f"keycloak-quarkus-dist-{KEYCLOAK_VERSION}.zip"
         if not archive.exists():
-            mvn = need_tool("keycloak", "mvn", "install Maven (apt-get install -y maven)")
+            mvn = need_tool("keycloak", "mvn", MAVEN_HINT)
             say(f"keycloak: downloading Keycloak {KEYCLOAK_VERSION} from Maven Central")
             run_logged(
                 "keycloak",
@@ -1606,6 +1641,9 @@ def _start_locked(cfg: Config) -> int:
     to_start = [s for s in SERVICES if s not in running]
     if to_start:
         check_ports(cfg, to_start)
+        missing = preflight_tools(cfg, to_start)
+        if missing:
+            return report_errors(missing)
     if running:
         say(f"already running: {', '.join(s for s in SERVICES if s in running)}")
     update_state(cfg, ports=cfg.ports())
