@@ -12,6 +12,21 @@ live in ``${RV_STACK_DIR:-<repo>/.stack}``.
     python stack/localstack.py env [--json]   RV_* settings for the application
     python stack/localstack.py logs [SERVICE] log paths, or the tail of one service's log
 
+Settings (environment): RV_CACHE_DIR, RV_STACK_DIR; ports RV_STACK_PG_PORT (55432),
+RV_STACK_KAFKA_PORT (59092), RV_STACK_KAFKA_CONTROLLER_PORT (59093), RV_STACK_MINIO_PORT
+(59000), RV_STACK_MINIO_CONSOLE_PORT (59001), RV_STACK_KEYCLOAK_PORT (58080),
+RV_STACK_KEYCLOAK_MGMT_PORT (59990); a port given once is remembered in .stack/state.json.
+RV_STACK_KAFKA_JAVA_HOME (default: java on PATH, >= 17), RV_STACK_KEYCLOAK_JAVA_HOME (default
+/usr/lib/jvm/temurin-25-jdk-amd64, >= 21), RV_STACK_HEALTH_TIMEOUT (seconds, every service),
+RV_GITHUB_CLIENT_ID + RV_GITHUB_CLIENT_SECRET (enable the realm's github identity provider).
+
+Secrets (role passwords, MinIO root password, Keycloak bootstrap admin password, rv-cron's
+client secret) are generated on first start into .stack/secrets.json (0600) and are only ever
+printed by `env`. Keycloak reimports realm/rv-realm.json (recreating its database) whenever the
+file changes. When the stack dir is not reachable by the `postgres` user (running as root under
+/root, say), the PostgreSQL cluster lives in /var/lib/repovault/<digest>/ and .stack/postgres
+links to it.
+
 Standard library only (Python 3.11).
 """
 
