@@ -482,19 +482,22 @@ def port_free(port: int) -> bool:
     return True
 
 
-def check_ports(cfg: Config, services: list[str]) -> None:
+def check_ports(cfg: Config, services: list[str]) -> list[StackError]:
     """Every port of a service we are about to start must be free; say who to blame if not."""
     problems = []
     for service in services:
         for label, port in cfg.service_ports(service):
             if not port_free(port):
                 problems.append(
-                    f"{service}: {label} 127.0.0.1:{port} is already in use by another program "
-                    f"(not one this stack started). Stop that program, or choose another port: "
-                    f"{cfg.port_env(service, label)}=<port> python stack/localstack.py start"
+                    StackError(
+                        service,
+                        f"{label} 127.0.0.1:{port} is already in use by a program this stack "
+                        f"did not start (another RepoVault stack with a different RV_STACK_DIR?). "
+                        f"Stop that program, or choose another port: "
+                        f"{cfg.port_env(service, label)}=<port> python stack/localstack.py start",
+                    )
                 )
-    if problems:
-        raise StackError(services[0] if len(problems) == 1 else "ports", "\n".join(problems))
+    return problems
 
 
 # --------------------------------------------------------------------------------------
@@ -1655,10 +1658,9 @@ def _start_locked(cfg: Config) -> int:
                 )
     to_start = [s for s in SERVICES if s not in running]
     if to_start:
-        check_ports(cfg, to_start)
-        missing = preflight_tools(cfg, to_start)
-        if missing:
-            return report_errors(missing)
+        problems = check_ports(cfg, to_start) or preflight_tools(cfg, to_start)
+        if problems:
+            return report_errors(problems)
     if running:
         say(f"already running: {', '.join(s for s in SERVICES if s in running)}")
     update_state(cfg, ports=cfg.ports())
