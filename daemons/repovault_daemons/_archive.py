@@ -30,15 +30,11 @@ from repovault.snapshots import (
     manifest_key,
     read_manifest,
 )
+from repovault.urls import parse_repo_url
+from repovault_daemons._fetch import GitCredentials, fetch, list_remote
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
-FETCH_REFSPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
-
-
-class ArchiveFailed(Exception):
-    """A permanent failure (no such repository, credentials needed, too large): the job
-    ends ``failed`` with this message, which a person can act on."""
 
 
 @dataclass(frozen=True)
@@ -56,21 +52,6 @@ class ArchiveResult:
     bytes_stored: int
 
 
-class _Callbacks(pygit2.RemoteCallbacks):
-    """Aborts a fetch that grows past the size cap."""
-
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__()
-        self._max_bytes = max_bytes
-
-    def transfer_progress(self, stats: Any) -> None:
-        if stats.received_bytes > self._max_bytes:
-            raise ArchiveFailed(
-                f"repository exceeds the size cap of {self._max_bytes} bytes "
-                "(operators set RV_MAX_REPO_BYTES)"
-            )
-
-
 def archive(
     client: Minio,
     repo_url: str,
@@ -78,6 +59,7 @@ def archive(
     snapshot: str,
     work_dir: str | None,
     limits: ArchiveLimits,
+    credentials: GitCredentials,
 ) -> ArchiveResult:
     """Store ``repo_url`` as snapshot ``snapshot`` (the job id) of ``bucket``.
 
@@ -90,40 +72,17 @@ def archive(
         return ArchiveResult(JobState.DONE, snapshot, existing.head_commit, existing.bytes_stored)
     with tempfile.TemporaryDirectory(prefix="rv-clone-", dir=work_dir or None) as tmp:
         repo = pygit2.init_repository(str(Path(tmp, "repo.git")), bare=True)
-        remote = repo.remotes.create_anonymous(repo_url)
-        callbacks = _Callbacks(limits.max_repo_bytes)
-        heads = _git_call(lambda: remote.list_heads(callbacks=callbacks), repo_url)
-        advertised = {
-            head.name: str(head.oid)
-            for head in heads
-            if head.name.startswith(("refs/heads/", "refs/tags/")) and not head.name.endswith("^{}")
-        }
+        url = parse_repo_url(repo_url)
+        advertised = list_remote(repo, url, credentials, limits.max_repo_bytes)
         previous = latest_manifest(client, bucket)
-        if previous is not None and previous.refs == advertised:
+        if previous is not None and previous.refs == advertised.refs:
             return ArchiveResult(JobState.UNCHANGED, previous.snapshot, previous.head_commit, 0)
-        if advertised:
-            _git_call(lambda: remote.fetch(FETCH_REFSPECS, callbacks=callbacks), repo_url)
-        head_ref = next((h.symref_target for h in heads if h.name == "HEAD"), None)
-        manifest = _store(client, repo, bucket, snapshot, repo_url, head_ref, Path(tmp), limits)
+        if advertised.refs:
+            fetch(repo, url, credentials, limits.max_repo_bytes)
+        manifest = _store(
+            client, repo, bucket, snapshot, repo_url, advertised.head, Path(tmp), limits
+        )
     return ArchiveResult(JobState.DONE, snapshot, manifest.head_commit, manifest.bytes_stored)
-
-
-def _git_call(call: Any, repo_url: str) -> Any:
-    try:
-        return call()
-    except pygit2.GitError as error:
-        raise ArchiveFailed(_explain_git_error(repo_url, str(error))) from None
-
-
-def _explain_git_error(repo_url: str, message: str) -> str:
-    lowered = message.lower()
-    if "404" in lowered or "not found" in lowered or "does not appear to be a git" in lowered:
-        return f"repository {repo_url} does not exist (or is not visible without credentials)"
-    if "401" in lowered or "authentication" in lowered or "credentials" in lowered:
-        return f"repository {repo_url} needs credentials; configure them on the worker"
-    if "connect" in lowered or "resolve" in lowered:
-        return f"cannot reach {repo_url}: {message}"
-    return f"git could not fetch {repo_url}: {message}"
 
 
 def _refs(repo: pygit2.Repository) -> dict[str, str]:

@@ -25,8 +25,9 @@ from repovault.settings import Settings
 from repovault.snapshots import s3_client
 from repovault.topics import Topics, ensure_topics
 from repovault_daemons import _services
-from repovault_daemons._archive import ArchiveFailed, ArchiveLimits, archive
+from repovault_daemons._archive import ArchiveLimits, archive
 from repovault_daemons._consumer import Pipeline, Shutdown, ShutdownNow, TransientError
+from repovault_daemons._fetch import ArchiveFailed, GitCredentials
 from repovault_daemons._http import HttpSide
 from repovault_daemons._metrics import Metrics
 
@@ -43,6 +44,7 @@ class WorkerStep:
     topics: Topics
     worker_id: str
     limits: ArchiveLimits
+    credentials: GitCredentials
     work_dir: str
     metrics: Metrics
 
@@ -64,6 +66,7 @@ class WorkerStep:
                 str(job_id),
                 self.work_dir,
                 self.limits,
+                self.credentials,
             )
             outcome = db.Outcome(
                 result.state, result.snapshot, result.head_commit, result.bytes_stored
@@ -79,6 +82,10 @@ class WorkerStep:
         except ShutdownNow:
             self.database.run(db.release, job_id, self.worker_id)
             log.info("job released for another worker", extra=context)
+            raise
+        except Exception as error:  # a bug: close the job, then dead-letter the message
+            reason = f"internal error ({type(error).__name__}); see the worker's log"
+            self.database.run(db.finish, job_id, db.Outcome(JobState.FAILED, error=reason))
             raise
         finished = self.database.run(db.finish, job_id, outcome)
         _services.send(
@@ -127,6 +134,9 @@ def run(settings: Settings, shutdown: Shutdown) -> None:
         topics=topics,
         worker_id=f"{socket.gethostname()}-{os.getpid()}",
         limits=ArchiveLimits(max_repo_bytes=settings.max_repo_bytes),
+        credentials=GitCredentials(
+            settings.git_credentials_file, settings.ssh_key_file, settings.ssh_known_hosts_file
+        ),
         work_dir=settings.work_dir,
         metrics=metrics,
     )
