@@ -87,7 +87,9 @@ class Pipeline:
             daemon.stop()
 
 
-def start_pipeline(stack_env: dict[str, str], base: Path, workers: int = 1) -> Pipeline:
+def start_pipeline(
+    stack_env: dict[str, str], base: Path, workers: int = 1, **worker_env: str
+) -> Pipeline:
     prefix = f"t{uuid.uuid4().hex[:8]}-"
     work = base / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -97,7 +99,9 @@ def start_pipeline(stack_env: dict[str, str], base: Path, workers: int = 1) -> P
     injector = Daemon("injector", env, base, "injector")
     injector.wait_healthy()
     env = {**env, "RV_INTAKE_URL": injector.url}
-    started = [Daemon("worker", env, base, f"worker-{index}") for index in range(workers)]
+    started = [
+        Daemon("worker", {**env, **worker_env}, base, f"worker-{index}") for index in range(workers)
+    ]
     for worker in started:
         worker.wait_healthy()
     return Pipeline(env, injector, started, base)
