@@ -8,10 +8,25 @@ PYTHON ?= python3
 STACK  ?= $(PYTHON) stack/localstack.py
 SERVICE ?=
 
-.PHONY: install up down status logs env stack-install lint typecheck pytest test bench
+.PHONY: install test-tools up down status logs env stack-install stack-up lint typecheck pytest test bench
 
 install:
 	$(PYTHON) -m pip install -e '.[dev]'
+
+# Programs the tests use besides the four services: OpenSSH's server (the SSH repository
+# tests run a private sshd on a loopback port). Installed from Debian when missing.
+test-tools:
+	@command -v git >/dev/null || { echo "make: git is required" >&2; exit 1; }
+	@if [ ! -x /usr/sbin/sshd ]; then \
+	  echo "make: installing openssh-server (for the SSH repository tests)" >&2; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends openssh-server >/dev/null \
+	    || { echo "make: could not install openssh-server; install it by hand (apt-get install openssh-server)" >&2; exit 1; }; \
+	fi
+
+# The local stack, whatever else this host has (tests always run against it).
+stack-up:
+	$(STACK) start
 
 # Fetch/build the services into ~/.cache/repovault without starting them.
 stack-install:
@@ -65,7 +80,7 @@ typecheck:
 pytest:
 	$(PYTHON) -m pytest
 
-test: install up
+test: install test-tools stack-up
 	$(MAKE) lint typecheck pytest
 
 bench:

@@ -108,7 +108,9 @@ def start_pipeline(
 
 
 @pytest.fixture(scope="session")
-def pipeline(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+def pipeline(
+    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pipeline]:
     """One injector and one worker for the whole session."""
     running = start_pipeline(stack_env, tmp_path_factory.mktemp("pipeline"))
     yield running
@@ -129,7 +131,9 @@ def git_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServers
     HTTP server (each request waits) for tests that need a job to stay running."""
     root = tmp_path_factory.mktemp("served") / "repos"
     root.mkdir()
-    servers = GitServers(RepoFactory(root), GitDaemon(root), SmartHttp(root), SmartHttp(root, delay=1.5))
+    servers = GitServers(
+        RepoFactory(root), GitDaemon(root), SmartHttp(root), SmartHttp(root, delay=1.5)
+    )
     yield servers
     servers.daemon.stop()
     servers.http.stop()

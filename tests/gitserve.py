@@ -47,9 +47,15 @@ class RepoFactory:
         self.work = root.parent / "work"
         self.work.mkdir(exist_ok=True)
 
-    def create(self, name: str, files: dict[str, bytes | str] | None = None,
-               symlinks: dict[str, str] | None = None, branches: int = 0, tags: int = 0,
-               empty: bool = False) -> Path:
+    def create(
+        self,
+        name: str,
+        files: dict[str, bytes | str] | None = None,
+        symlinks: dict[str, str] | None = None,
+        branches: int = 0,
+        tags: int = 0,
+        empty: bool = False,
+    ) -> Path:
         """A bare repository ``name.git`` with one commit of ``files`` on main (unless
         ``empty``), plus extra branches and annotated tags."""
         bare = self.root / f"{name}.git"
@@ -95,8 +101,9 @@ class RepoFactory:
 
 def refs_of(repo: Path) -> dict[str, str]:
     """Branches and tags with the objects they point at (tags not peeled)."""
-    out = git("for-each-ref", "--format=%(refname) %(objectname)", "refs/heads", "refs/tags",
-              cwd=repo)
+    out = git(
+        "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads", "refs/tags", cwd=repo
+    )
     return dict(line.split(" ", 1) for line in out.splitlines() if line)
 
 
@@ -106,9 +113,19 @@ class GitDaemon:
     def __init__(self, root: Path) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            ["git", "daemon", "--reuseaddr", "--export-all", "--informative-errors",
-             f"--base-path={root}", "--listen=127.0.0.1", f"--port={self.port}", str(root)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "git",
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--informative-errors",
+                f"--base-path={root}",
+                "--listen=127.0.0.1",
+                f"--port={self.port}",
+                str(root),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         _wait_for_port(self.port)
 
@@ -148,8 +165,9 @@ class _QuietServer(ThreadingHTTPServer):
         """Clients that hang up (a killed worker) are expected here."""
 
 
-def _http_backend_handler(root: Path, credentials: tuple[str, str] | None,
-                          seen: list[dict[str, str]], delay: float) -> type[BaseHTTPRequestHandler]:
+def _http_backend_handler(
+    root: Path, credentials: tuple[str, str] | None, seen: list[dict[str, str]], delay: float
+) -> type[BaseHTTPRequestHandler]:
     expected = None
     if credentials:
         expected = "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
@@ -181,8 +199,9 @@ def _http_backend_handler(root: Path, credentials: tuple[str, str] | None,
                 "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
                 "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
             }
-            result = subprocess.run(["git", "http-backend"], input=body, env=env,
-                                    capture_output=True)
+            result = subprocess.run(
+                ["git", "http-backend"], input=body, env=env, capture_output=True
+            )
             head, _, payload = result.stdout.partition(b"\r\n\r\n")
             status = 200
             headers = []

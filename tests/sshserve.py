@@ -36,8 +36,9 @@ class SshServer:
         )
         Path("/run/sshd").mkdir(exist_ok=True)
         self.log = base / "sshd.log"
-        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
-                                        stderr=self.log.open("wb"))
+        self.process = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(config)], stderr=self.log.open("wb")
+        )
         _wait_for_port(self.port)
         time.sleep(0.2)
 

@@ -47,8 +47,11 @@ def private(
     known.write_text(ssh.known_hosts_line())
     stranger = keypair(base / "stranger_host_key")
     unknown = base / "known_hosts_other"
-    unknown.write_text(f"[127.0.0.1]:{ssh.port} " + " ".join(
-        Path(f"{stranger}.pub").read_text().split()[:2]) + "\n")
+    unknown.write_text(
+        f"[127.0.0.1]:{ssh.port} "
+        + " ".join(Path(f"{stranger}.pub").read_text().split()[:2])
+        + "\n"
+    )
     good_netrc = base / "netrc"
     good_netrc.write_text(f"machine 127.0.0.1 login alice password {TOKEN}\n")
     bad_netrc = base / "netrc-bad"
@@ -56,12 +59,23 @@ def private(
     for path in (good_netrc, bad_netrc):
         path.chmod(0o600)
     http = SmartHttp(git_servers.repos.root, credentials=("alice", TOKEN))
-    trusted = start_pipeline(stack_env, base / "trusted", RV_GIT_CREDENTIALS_FILE=str(good_netrc),
-                             RV_SSH_KEY_FILE=str(key), RV_SSH_KNOWN_HOSTS_FILE=str(known))
-    wrong = start_pipeline(stack_env, base / "wrong", RV_GIT_CREDENTIALS_FILE=str(bad_netrc),
-                           RV_SSH_KEY_FILE=str(other_key), RV_SSH_KNOWN_HOSTS_FILE=str(known))
-    unknown_host = start_pipeline(stack_env, base / "unknown", RV_SSH_KEY_FILE=str(key),
-                                  RV_SSH_KNOWN_HOSTS_FILE=str(unknown))
+    trusted = start_pipeline(
+        stack_env,
+        base / "trusted",
+        RV_GIT_CREDENTIALS_FILE=str(good_netrc),
+        RV_SSH_KEY_FILE=str(key),
+        RV_SSH_KNOWN_HOSTS_FILE=str(known),
+    )
+    wrong = start_pipeline(
+        stack_env,
+        base / "wrong",
+        RV_GIT_CREDENTIALS_FILE=str(bad_netrc),
+        RV_SSH_KEY_FILE=str(other_key),
+        RV_SSH_KNOWN_HOSTS_FILE=str(known),
+    )
+    unknown_host = start_pipeline(
+        stack_env, base / "unknown", RV_SSH_KEY_FILE=str(key), RV_SSH_KNOWN_HOSTS_FILE=str(unknown)
+    )
     yield Private(http, ssh, trusted, wrong, unknown_host)
     for pipeline in (trusted, wrong, unknown_host):
         pipeline.stop()
@@ -97,8 +111,9 @@ class TestPrivateHttps:
         git_servers.repos.create(name)
         job = archive(private.wrong_key, private.http.url(name))
         assert job["state"] == "failed"
-        assert job["error"] == "the token configured for 127.0.0.1 was refused for " + \
-            private.http.url(name)
+        assert job[
+            "error"
+        ] == "the token configured for 127.0.0.1 was refused for " + private.http.url(name)
 
     def test_the_token_is_nowhere_to_be_found(
         self, private: Private, git_servers: GitServers, name: str
@@ -163,8 +178,13 @@ class TestSsh:
 
 def _topic_text(pipeline: Pipeline) -> str:
     prefix = pipeline.env["RV_TOPIC_PREFIX"]
-    consumer = Consumer({"bootstrap.servers": pipeline.env["RV_KAFKA_BOOTSTRAP"],
-                         "group.id": f"audit-{uuid.uuid4()}", "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": pipeline.env["RV_KAFKA_BOOTSTRAP"],
+            "group.id": f"audit-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+        }
+    )
     consumer.subscribe([f"{prefix}{t}" for t in ("pending", "in-progress", "completed")])
     seen: list[str] = []
     deadline = time.monotonic() + 8

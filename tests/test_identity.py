@@ -43,8 +43,9 @@ def login(pipeline: Pipeline, config_dir: Path, username: str) -> dict[str, str]
     for line in process.stdout:
         lines.append(line)
         if line.startswith("(or open "):
-            approve_device(line.removeprefix("(or open ").strip().rstrip(")"), username,
-                           USERS[username])
+            approve_device(
+                line.removeprefix("(or open ").strip().rstrip(")"), username, USERS[username]
+            )
             break
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, (lines, out, err)
@@ -79,8 +80,12 @@ def admin(stack_env: dict[str, str]) -> KeycloakAdmin:
 
 
 def submit_with_token(pipeline: Pipeline, token: str, url: str) -> httpx.Response:
-    return httpx.post(f"{pipeline.injector.url}/v1/jobs", json={"urls": [url]},
-                      headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    return httpx.post(
+        f"{pipeline.injector.url}/v1/jobs",
+        json={"urls": [url]},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
 
 
 def nothing_archived(pipeline: Pipeline, git_servers: GitServers, url: str, before: int) -> None:
@@ -108,8 +113,7 @@ class TestDeviceLogin:
         assert json.loads(whoami.stdout)["user"] == "demo"
         assert json.loads(whoami.stdout)["roles"] == ["rv-submit"]
         git_servers.repos.create(name)
-        result = rv_as(pipeline, user_env, "submit", "--wait", "--json",
-                       git_servers.http.url(name))
+        result = rv_as(pipeline, user_env, "submit", "--wait", "--json", git_servers.http.url(name))
         assert result.exit_code == 0, result.output
         [job] = json.loads(result.stdout)
         assert (job["state"], job["submitted_by"]) == ("done", "demo")
@@ -138,8 +142,11 @@ class TestDeviceLogin:
         assert not token_file(user_env).exists()
         refused = httpx.post(
             f"{stack_env['RV_KEYCLOAK_URL']}/realms/rv/protocol/openid-connect/token",
-            data={"grant_type": "refresh_token", "refresh_token": refresh_token,
-                  "client_id": "rv-cli"},
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": refresh_token,
+                "client_id": "rv-cli",
+            },
         )
         assert refused.status_code == 400
         submit = rv_as(pipeline, user_env, "submit", "git://127.0.0.1:9/a.git")
@@ -174,9 +181,15 @@ class TestRefusedIdentities:
         kid = next(k["kid"] for k in keys if k.get("use") == "sig" and k["alg"] == "RS256")
         forger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         now = int(time.time())
-        claims = {"iss": issuer, "aud": ["rv-api"], "sub": str(uuid.uuid4()), "iat": now,
-                  "exp": now + 300, "preferred_username": "mallory",
-                  "realm_access": {"roles": ["rv-submit"]}}
+        claims = {
+            "iss": issuer,
+            "aud": ["rv-api"],
+            "sub": str(uuid.uuid4()),
+            "iat": now,
+            "exp": now + 300,
+            "preferred_username": "mallory",
+            "realm_access": {"roles": ["rv-submit"]},
+        }
         forged = jwt.encode(claims, forger, algorithm="RS256", headers={"kid": kid})
         git_servers.repos.create(name)
         url = git_servers.http.url(name)
@@ -198,14 +211,23 @@ class TestRefusedIdentities:
     ) -> None:
         """A genuine token of the realm without the rv-api audience is refused."""
         client_id = f"other-{uuid.uuid4().hex[:6]}"
-        admin.create_client({"clientId": client_id, "serviceAccountsEnabled": True,
-                             "publicClient": False, "standardFlowEnabled": False,
-                             "secret": "other-secret"})
+        admin.create_client(
+            {
+                "clientId": client_id,
+                "serviceAccountsEnabled": True,
+                "publicClient": False,
+                "standardFlowEnabled": False,
+                "secret": "other-secret",
+            }
+        )
         try:
             token = httpx.post(
                 f"{stack_env['RV_KEYCLOAK_URL']}/realms/rv/protocol/openid-connect/token",
-                data={"grant_type": "client_credentials", "client_id": client_id,
-                      "client_secret": "other-secret"},
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": client_id,
+                    "client_secret": "other-secret",
+                },
             ).json()["access_token"]
             response = submit_with_token(pipeline, token, "https://example.org/x.git")
             assert response.status_code == 401
@@ -218,24 +240,38 @@ class TestRefusedIdentities:
     ) -> None:
         """A token whose lifetime ran out is refused with a clear reason."""
         client_id = f"short-{uuid.uuid4().hex[:6]}"
-        admin.create_client({
-            "clientId": client_id, "serviceAccountsEnabled": True, "publicClient": False,
-            "standardFlowEnabled": False, "secret": "short-secret",
-            "attributes": {"access.token.lifespan": "2"},
-            "protocolMappers": [{
-                "name": "audience rv-api", "protocol": "openid-connect",
-                "protocolMapper": "oidc-audience-mapper",
-                "config": {"included.custom.audience": "rv-api", "access.token.claim": "true"},
-            }],
-        })
+        admin.create_client(
+            {
+                "clientId": client_id,
+                "serviceAccountsEnabled": True,
+                "publicClient": False,
+                "standardFlowEnabled": False,
+                "secret": "short-secret",
+                "attributes": {"access.token.lifespan": "2"},
+                "protocolMappers": [
+                    {
+                        "name": "audience rv-api",
+                        "protocol": "openid-connect",
+                        "protocolMapper": "oidc-audience-mapper",
+                        "config": {
+                            "included.custom.audience": "rv-api",
+                            "access.token.claim": "true",
+                        },
+                    }
+                ],
+            }
+        )
         try:
             internal = admin.get_client_id(client_id)
             account = admin.get_client_service_account_user(internal)
             admin.assign_realm_roles(account["id"], [admin.get_realm_role("rv-submit")])
             token = httpx.post(
                 f"{stack_env['RV_KEYCLOAK_URL']}/realms/rv/protocol/openid-connect/token",
-                data={"grant_type": "client_credentials", "client_id": client_id,
-                      "client_secret": "short-secret"},
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": client_id,
+                    "client_secret": "short-secret",
+                },
             ).json()["access_token"]
             time.sleep(9)  # lifetime 2 s plus the verifier's 5 s leeway
             response = submit_with_token(pipeline, token, "https://example.org/x.git")
@@ -246,8 +282,9 @@ class TestRefusedIdentities:
 
     def test_no_token_at_all(self, pipeline: Pipeline) -> None:
         """The intake refuses anonymous submissions."""
-        response = httpx.post(f"{pipeline.injector.url}/v1/jobs",
-                              json={"urls": ["https://example.org/a.git"]})
+        response = httpx.post(
+            f"{pipeline.injector.url}/v1/jobs", json={"urls": ["https://example.org/a.git"]}
+        )
         assert response.status_code == 401
         assert response.json()["error"] == "no bearer token; run `rv login` first"
 
@@ -261,8 +298,11 @@ class TestSecretsStayOut:
         result = rv_as(pipeline, user_env, "submit", "--wait", git_servers.http.url(name))
         assert result.exit_code == 0, result.output
         stored = json.loads(token_file(user_env).read_text())
-        secrets = [stored["access_token"], stored["refresh_token"],
-                   pipeline.env["RV_CRON_CLIENT_SECRET"]]
+        secrets = [
+            stored["access_token"],
+            stored["refresh_token"],
+            pipeline.env["RV_CRON_CLIENT_SECRET"],
+        ]
         logs = pipeline.injector.log_text() + "".join(w.log_text() for w in pipeline.workers)
         with db.connect(pipeline.env["RV_DATABASE_READER_URL"]) as conn:
             rows = json.dumps(conn.execute("SELECT row_to_json(jobs) FROM jobs").fetchall())
@@ -278,9 +318,14 @@ class TestSecretsStayOut:
 
 def _all_messages(pipeline: Pipeline) -> str:
     prefix = pipeline.env["RV_TOPIC_PREFIX"]
-    consumer = Consumer({"bootstrap.servers": pipeline.env["RV_KAFKA_BOOTSTRAP"],
-                         "group.id": f"audit-{uuid.uuid4()}", "auto.offset.reset": "earliest",
-                         "enable.partition.eof": True})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": pipeline.env["RV_KAFKA_BOOTSTRAP"],
+            "group.id": f"audit-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+        }
+    )
     topics = [f"{prefix}{t}" for t in ("pending", "in-progress", "completed", "dead-letter")]
     consumer.subscribe(topics)
     seen: list[str] = []
@@ -298,4 +343,3 @@ def _all_messages(pipeline: Pipeline) -> str:
     consumer.close()
     assert seen, "no messages read"
     return "\n".join(seen)
-
