@@ -7,6 +7,7 @@
 PYTHON ?= python3
 STACK  ?= $(PYTHON) stack/localstack.py
 SERVICE ?=
+WORKERS ?= 1
 
 .PHONY: install test-tools up down status logs env stack-install stack-up lint typecheck pytest test bench
 
@@ -44,7 +45,7 @@ up:
 	  echo "make up: DEPLOY=compose but no Docker engine with the compose plugin answers" >&2; exit 1; \
 	else \
 	  echo "make up: no Docker engine with compose: starting the local stack (stack/localstack.py)" >&2; \
-	  $(STACK) start; \
+	  $(STACK) start && $(PYTHON) stack/daemons.py start --workers $(WORKERS); \
 	fi
 
 down:
@@ -53,11 +54,11 @@ down:
 	  docker compose down; \
 	else \
 	  echo "make down: stopping the local stack (stack/localstack.py)" >&2; \
-	  $(STACK) stop; \
+	  $(PYTHON) stack/daemons.py stop; $(STACK) stop; \
 	fi
 
 status:
-	$(STACK) status
+	@$(STACK) status; $(PYTHON) stack/daemons.py status || true
 
 logs:
 	@if [ "$(DEPLOY)" != local ] && docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then \

@@ -105,7 +105,7 @@ def run(settings: Settings, shutdown: Shutdown) -> None:
     http.add_route("POST", "/v1/jobs", intake.submit)
     http.start()
     step = InjectorStep(settings, database, producer, topics, metrics)
-    consumer = _services.consumer(settings.kafka_bootstrap, "rv-injectors")
+    consumer = _services.consumer(settings.kafka_bootstrap, f"{settings.topic_prefix}rv-injectors")
     log.info("injector started", extra={"intake": settings.intake_listen})
     try:
         Pipeline(consumer, producer, topics.pending, topics.dead_letter, step, shutdown).run()

@@ -126,7 +126,7 @@ def run(settings: Settings, shutdown: Shutdown) -> None:
     http.start()
     database = _services.Database(settings.database_url)
     producer = _services.producer(settings.kafka_bootstrap)
-    consumer = _services.consumer(settings.kafka_bootstrap, "rv-workers")
+    consumer = _services.consumer(settings.kafka_bootstrap, f"{settings.topic_prefix}rv-workers")
     step = WorkerStep(
         database=database,
         storage=s3_client(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key),
