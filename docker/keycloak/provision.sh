@@ -6,7 +6,7 @@
 #   - the github identity provider: enabled with GITHUB_OAUTH_CLIENT_ID/SECRET when both
 #     are set, disabled otherwise (as stack/localstack.py does).
 set -euo pipefail
-kcadm=/opt/keycloak/bin/kcadm.sh
+kcadm=${KCADM:-/opt/keycloak/bin/kcadm.sh}
 workdir=$(mktemp -d /tmp/kcadm.XXXXXX)
 trap 'rm -rf "$workdir"' EXIT
 config=$workdir/kcadm.config

@@ -6,8 +6,9 @@
 set -eu
 : "${PG_RV_WRITER_PASSWORD:?PG_RV_WRITER_PASSWORD is not set (see .env.example)}"
 : "${PG_RV_READER_PASSWORD:?PG_RV_READER_PASSWORD is not set (see .env.example)}"
+export PGOPTIONS="${PGOPTIONS:--c client_min_messages=warning}"  # no "already exists" notices
 
-psql -v ON_ERROR_STOP=1 --quiet --no-psqlrc -f /rv/schema.sql
+psql -v ON_ERROR_STOP=1 --quiet --no-psqlrc -f "${SCHEMA_FILE:-/rv/schema.sql}"
 # Passwords travel as psql variables and are quoted by psql (:'name'), never spliced.
 psql -v ON_ERROR_STOP=1 --quiet --no-psqlrc \
     -v writer_password="$PG_RV_WRITER_PASSWORD" \
