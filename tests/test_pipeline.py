@@ -404,6 +404,11 @@ class TestSeeingIt:
             if line.startswith("{")
         ]
         assert any(line.get("job_id") == job["id"] for line in lines)
+        short = pipeline.rv("status", "--json", str(job["id"])[:8])
+        assert [row["id"] for row in json.loads(short.stdout)] == [job["id"]]
         unknown = pipeline.rv("status", str(uuid.uuid4()))
         assert unknown.exit_code == 1
         assert "no such job" in unknown.output
+        not_an_id = pipeline.rv("status", "zz")
+        assert not_an_id.exit_code == 1
+        assert "'zz' is not a job id" in not_an_id.output

@@ -8,13 +8,13 @@ was queued or written); 2 usage error; 3 ``--wait``: at least one job failed or 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
-from uuid import UUID
 
 import click
 from rich.console import Console
@@ -132,11 +132,15 @@ def submit(
         ctx.exit(EXIT_JOBS_FAILED)
 
 
-def _job_ids(values: tuple[str, ...]) -> list[UUID]:
-    try:
-        return [UUID(value) for value in values]
-    except ValueError:
-        _fail("job ids are UUIDs, as printed by `rv submit` (`rv status` lists them)")
+def _job_prefixes(values: tuple[str, ...]) -> list[str]:
+    """Job ids as printed by `rv submit`, or their first characters (at least four)."""
+    for value in values:
+        if len(value) < 4 or not re.fullmatch(r"[0-9a-fA-F-]+", value):
+            _fail(
+                f"{value!r} is not a job id; give an id from `rv submit` or `rv status` "
+                "(the first 4+ characters are enough)"
+            )
+    return list(values)
 
 
 @cli.command()
@@ -167,11 +171,11 @@ def status(
     as_json: bool,
 ) -> None:
     """List jobs, newest first, or the jobs given by id."""
-    ids = _job_ids(jobs)
+    prefixes = _job_prefixes(jobs)
     with _reader(_settings(ctx)) as conn:
 
         def fetch() -> list[Job]:
-            return db.list_jobs(conn, ids=ids, states=states, limit=limit)
+            return db.list_jobs(conn, id_prefixes=prefixes, states=states, limit=limit)
 
         if as_json:
             _print_json([job.to_dict() for job in fetch()])
@@ -185,10 +189,12 @@ def status(
                     pass
         else:
             found = fetch()
-            missing = set(ids) - {job.id for job in found}
+            missing = [
+                p for p in prefixes if not any(str(j.id).startswith(p.lower()) for j in found)
+            ]
             console.print(_render.jobs_table(found))
             if missing:
-                _fail(f"no such job: {', '.join(map(str, sorted(missing)))}")
+                _fail(f"no such job: {', '.join(missing)}")
 
 
 @cli.command()

@@ -197,6 +197,7 @@ def list_jobs(
     conn: Connection,
     *,
     ids: Sequence[UUID] = (),
+    id_prefixes: Sequence[str] = (),
     states: Iterable[str] = (),
     repo_url: str | None = None,
     submitted_by: str | None = None,
@@ -208,6 +209,9 @@ def list_jobs(
     if ids:
         clauses.append("id = ANY(%s)")
         params.append(list(ids))
+    if id_prefixes:
+        clauses.append("id::text LIKE ANY(%s)")
+        params.append([f"{prefix.lower()}%" for prefix in id_prefixes])
     state_list = list(states)
     if state_list:
         clauses.append("state = ANY(%s)")

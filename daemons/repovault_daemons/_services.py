@@ -18,6 +18,7 @@ from repovault.settings import Settings, SettingsError
 from repovault_daemons import _logging
 from repovault_daemons._consumer import TransientError
 
+_KAFKA_LOG = logging.getLogger("rv.kafka")  # librdkafka's own messages, as JSON lines too
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -40,6 +41,7 @@ def producer(bootstrap: str) -> Producer:
     return Producer(
         {
             "bootstrap.servers": bootstrap,
+            "logger": _KAFKA_LOG,
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 0,
@@ -53,6 +55,7 @@ def consumer(bootstrap: str, group: str, session_timeout_ms: int = 6000) -> Cons
     return Consumer(
         {
             "bootstrap.servers": bootstrap,
+            "logger": _KAFKA_LOG,
             "group.id": group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
