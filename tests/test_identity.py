@@ -154,6 +154,32 @@ class TestDeviceLogin:
         assert "not logged in; run `rv login`" in submit.output
 
 
+class TestOperatorRole:
+    def test_trending_needs_the_operator_role(
+        self, pipeline: Pipeline, user_env: dict[str, str], git_servers: GitServers, name: str
+    ) -> None:
+        """`demo` may submit but is not an operator: `rv trending` is refused and nothing is
+        queued; the cron service account, an operator, may."""
+        from tests.github_fake import FakeGitHub, repo_item
+
+        git_servers.repos.create(name)
+        url = git_servers.http.url(name)
+        github = FakeGitHub()
+        try:
+            github.items.append(repo_item(f"octo/{name}", url, stars=5))
+            env = {**user_env, "RV_GITHUB_API_URL": github.url}
+            refused = rv_as(pipeline, env, "trending", "--limit", "1")
+            assert refused.exit_code == 1
+            assert "not allowed: user demo lacks the role rv-operator" in refused.output
+            assert [job.state for job in rejected_rows(pipeline, url)] == ["rejected"]
+            allowed = pipeline.rv(
+                "trending", "--limit", "1", "--json", env={"RV_GITHUB_API_URL": github.url}
+            )
+            assert allowed.exit_code == 0, allowed.output
+        finally:
+            github.stop()
+
+
 class TestRefusedIdentities:
     def test_a_user_without_the_submit_role_is_rejected(
         self, pipeline: Pipeline, git_servers: GitServers, name: str, tmp_path: Path

@@ -54,14 +54,18 @@ def validate(settings: Settings, urls: list[str]) -> list[str]:
     return problems
 
 
-def submit(settings: Settings, urls: list[str], token: str) -> list[Submitted]:
+def submit(
+    settings: Settings, urls: list[str], token: str, source: str = "submit"
+) -> list[Submitted]:
+    """Queue ``urls``; ``source`` tells the intake which role applies (trending needs the
+    operator role)."""
     problems = validate(settings, urls)
     if problems:
         raise SubmitError("nothing was queued:\n  " + "\n  ".join(problems))
     try:
         response = httpx.post(
             f"{settings.intake_url}/v1/jobs",
-            json={"urls": urls},
+            json={"urls": urls, "source": source},
             headers={"Authorization": f"Bearer {token}"},
             timeout=60,
         )
@@ -79,7 +83,7 @@ def submit(settings: Settings, urls: list[str], token: str) -> list[Submitted]:
     if response.status_code == 401:
         raise SubmitError(f"not accepted: {error}; run `rv login` and submit again")
     if response.status_code == 403:
-        raise SubmitError(f"not allowed: {error}; ask an operator for the rv-submit role")
+        raise SubmitError(f"not allowed: {error}; ask an administrator for the role")
     raise SubmitError(error if error.startswith("nothing") else f"nothing was queued: {error}")
 
 

@@ -362,7 +362,10 @@ def trending(
     if dry_run or not wanted:
         return entries
     submitted = _submit.submit(
-        settings, [entry.repo.clone_url for entry in wanted], _tokens.access_token(settings)
+        settings,
+        [entry.repo.clone_url for entry in wanted],
+        _tokens.access_token(settings),
+        source="trending",
     )
     if len(submitted) != len(wanted):
         raise _submit.SubmitError(

@@ -38,12 +38,14 @@ class TokenVerifier:
             f"{issuer}/protocol/openid-connect/certs", cache_keys=True, lifespan=300
         )
 
-    def verify(self, token: str) -> Identity:
+    def verify(self, token: str, *extra_roles: str) -> Identity:
+        """The identity the token proves, if it holds the required role and ``extra_roles``."""
         claims = self._claims(token)
         roles = frozenset(claims.get("realm_access", {}).get("roles", []))
         username = str(claims.get("preferred_username") or claims["sub"])
-        if self._required_role not in roles:
-            raise Forbidden(username, self._required_role)
+        for role in (self._required_role, *extra_roles):
+            if role not in roles:
+                raise Forbidden(username, role)
         return Identity(subject=str(claims["sub"]), username=username, roles=roles)
 
     def _claims(self, token: str) -> dict[str, Any]:

@@ -41,14 +41,15 @@ class Intake:
 
     def submit(self, request: Request) -> Response:
         try:
-            urls = _urls(request.body)
+            urls, source = _request(request.body)
         except ValueError as error:
             return Response(400, {"error": str(error)})
+        extra_roles = (self.settings.operator_role,) if source == "trending" else ()
         token = _bearer(request.headers)
         if token is None:
             return Response(401, {"error": "no bearer token; run `rv login` first"})
         try:
-            identity = self.verifier.verify(token)
+            identity = self.verifier.verify(token, *extra_roles)
         except Unauthenticated as error:
             self._record_rejections(urls, None, f"rejected: {error}")
             return Response(401, {"error": str(error)})
@@ -120,7 +121,9 @@ def _bearer(headers: dict[str, str]) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def _urls(body: bytes) -> list[str]:
+def _request(body: bytes) -> tuple[list[str], str]:
+    """The URLs, and where they come from: ``submit`` (anyone with the submit role) or
+    ``trending`` (operators only)."""
     try:
         document = json.loads(body or b"{}")
     except json.JSONDecodeError:
@@ -132,4 +135,7 @@ def _urls(body: bytes) -> list[str]:
         raise ValueError("no URLs given")
     if len(urls) > MAX_URLS_PER_REQUEST:
         raise ValueError(f"at most {MAX_URLS_PER_REQUEST} URLs per request")
-    return urls
+    source = document.get("source", "submit")
+    if source not in ("submit", "trending"):
+        raise ValueError(f"unknown source {source!r}; expected submit or trending")
+    return urls, source
