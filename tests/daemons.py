@@ -7,9 +7,11 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
+from confluent_kafka import Consumer
 
 from tests.gitserve import free_port
 
@@ -83,3 +85,29 @@ def daemon_env(stack_env: dict[str, str], prefix: str, work_dir: Path) -> dict[s
         "RV_WORK_DIR": str(work_dir),
         "RV_LOG_LEVEL": "INFO",
     }
+
+
+def topic_text(env: dict[str, str], seconds: float = 10) -> str:
+    """Every message (values and headers) on the four topics of ``env``'s prefix, as text,
+    for checking that something secret is not in any of them."""
+    prefix = env["RV_TOPIC_PREFIX"]
+    consumer = Consumer(
+        {
+            "bootstrap.servers": env["RV_KAFKA_BOOTSTRAP"],
+            "group.id": f"audit-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe(
+        [f"{prefix}{t}" for t in ("pending", "in-progress", "completed", "dead-letter")]
+    )
+    seen: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None and not message.error():
+            seen.append((message.value() or b"").decode(errors="replace"))
+            seen.append(repr(message.headers() or []))
+    consumer.close()
+    assert seen, "no messages were read"
+    return "\n".join(seen)

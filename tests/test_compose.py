@@ -165,7 +165,7 @@ def schema_errors(document: Any) -> list[str]:
 
 def stack_constants() -> dict[str, Any]:
     """Module-level string constants of stack/localstack.py, read without importing it."""
-    tree = ast.parse((ROOT / "stack" / "localstack.py").read_text())
+    tree = ast.parse((ROOT / "stack" / "rvstack" / "settings.py").read_text())
     constants: dict[str, Any] = {}
     for node in tree.body:
         if isinstance(node, ast.Assign | ast.AnnAssign):

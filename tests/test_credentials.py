@@ -6,19 +6,17 @@ from __future__ import annotations
 import getpass
 import json
 import secrets
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer
 
 from repovault import db
 from repovault.buckets import bucket_for
 from repovault.snapshots import s3_client
 from tests.conftest import GitServers, Pipeline, start_pipeline
+from tests.daemons import topic_text
 from tests.gitserve import SmartHttp, refs_of
 from tests.sshserve import SshServer, keypair
 
@@ -133,7 +131,7 @@ class TestPrivateHttps:
         assert TOKEN not in rows
         logs = private.trusted.injector.log_text() + private.trusted.workers[0].log_text()
         assert TOKEN not in logs
-        assert TOKEN not in _topic_text(private.trusted)
+        assert TOKEN not in topic_text(private.trusted.env)
 
 
 class TestSsh:
@@ -174,24 +172,3 @@ class TestSsh:
         job = archive(pipeline, private.ssh.url(source, USER))
         assert job["state"] == "failed"
         assert "the worker has no SSH key (set RV_SSH_KEY_FILE)" in str(job["error"])
-
-
-def _topic_text(pipeline: Pipeline) -> str:
-    prefix = pipeline.env["RV_TOPIC_PREFIX"]
-    consumer = Consumer(
-        {
-            "bootstrap.servers": pipeline.env["RV_KAFKA_BOOTSTRAP"],
-            "group.id": f"audit-{uuid.uuid4()}",
-            "auto.offset.reset": "earliest",
-        }
-    )
-    consumer.subscribe([f"{prefix}{t}" for t in ("pending", "in-progress", "completed")])
-    seen: list[str] = []
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline:
-        message = consumer.poll(0.5)
-        if message is not None and not message.error():
-            seen.append((message.value() or b"").decode(errors="replace"))
-    consumer.close()
-    assert seen
-    return "\n".join(seen)

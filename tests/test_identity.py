@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
 import pytest
-from confluent_kafka import Consumer
 from cryptography.hazmat.primitives.asymmetric import rsa
 from keycloak import KeycloakAdmin
 
@@ -24,6 +26,7 @@ from repovault.buckets import bucket_for
 from repovault.snapshots import s3_client
 from tests.browser import approve_device
 from tests.conftest import REPO_ROOT, GitServers, Pipeline
+from tests.daemons import topic_text
 
 USERS = {"demo": "demo", "nobody": "nobody", "operator": "operator"}
 
@@ -77,6 +80,48 @@ def admin(stack_env: dict[str, str]) -> KeycloakAdmin:
         realm_name="rv",
         user_realm_name="master",
     )
+
+
+@contextmanager
+def service_client(
+    admin: KeycloakAdmin, stack_env: dict[str, str], prefix: str, **extra: Any
+) -> Iterator[str]:
+    """A throwaway confidential client of realm rv; yields an access token of its own."""
+    client_id = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    secret = uuid.uuid4().hex
+    roles = extra.pop("roles", [])
+    admin.create_client(
+        {
+            "clientId": client_id,
+            "serviceAccountsEnabled": True,
+            "publicClient": False,
+            "standardFlowEnabled": False,
+            "secret": secret,
+            **extra,
+        }
+    )
+    try:
+        account = admin.get_client_service_account_user(admin.get_client_id(client_id))
+        if roles:
+            admin.assign_realm_roles(account["id"], [admin.get_realm_role(r) for r in roles])
+        yield httpx.post(
+            f"{stack_env['RV_KEYCLOAK_URL']}/realms/rv/protocol/openid-connect/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": client_id,
+                "client_secret": secret,
+            },
+        ).json()["access_token"]
+    finally:
+        admin.delete_client(admin.get_client_id(client_id))
+
+
+AUDIENCE_MAPPER = {
+    "name": "audience rv-api",
+    "protocol": "openid-connect",
+    "protocolMapper": "oidc-audience-mapper",
+    "config": {"included.custom.audience": "rv-api", "access.token.claim": "true"},
+}
 
 
 def submit_with_token(pipeline: Pipeline, token: str, url: str) -> httpx.Response:
@@ -236,75 +281,27 @@ class TestRefusedIdentities:
         self, pipeline: Pipeline, admin: KeycloakAdmin, stack_env: dict[str, str]
     ) -> None:
         """A genuine token of the realm without the rv-api audience is refused."""
-        client_id = f"other-{uuid.uuid4().hex[:6]}"
-        admin.create_client(
-            {
-                "clientId": client_id,
-                "serviceAccountsEnabled": True,
-                "publicClient": False,
-                "standardFlowEnabled": False,
-                "secret": "other-secret",
-            }
-        )
-        try:
-            token = httpx.post(
-                f"{stack_env['RV_KEYCLOAK_URL']}/realms/rv/protocol/openid-connect/token",
-                data={
-                    "grant_type": "client_credentials",
-                    "client_id": client_id,
-                    "client_secret": "other-secret",
-                },
-            ).json()["access_token"]
+        with service_client(admin, stack_env, "other", roles=["rv-submit"]) as token:
             response = submit_with_token(pipeline, token, "https://example.org/x.git")
-            assert response.status_code == 401
-            assert response.json()["error"] == "token is not meant for rv-api"
-        finally:
-            admin.delete_client(admin.get_client_id(client_id))
+        assert response.status_code == 401
+        assert response.json()["error"] == "token is not meant for rv-api"
 
     def test_an_expired_token_is_rejected(
         self, pipeline: Pipeline, admin: KeycloakAdmin, stack_env: dict[str, str]
     ) -> None:
         """A token whose lifetime ran out is refused with a clear reason."""
-        client_id = f"short-{uuid.uuid4().hex[:6]}"
-        admin.create_client(
-            {
-                "clientId": client_id,
-                "serviceAccountsEnabled": True,
-                "publicClient": False,
-                "standardFlowEnabled": False,
-                "secret": "short-secret",
-                "attributes": {"access.token.lifespan": "2"},
-                "protocolMappers": [
-                    {
-                        "name": "audience rv-api",
-                        "protocol": "openid-connect",
-                        "protocolMapper": "oidc-audience-mapper",
-                        "config": {
-                            "included.custom.audience": "rv-api",
-                            "access.token.claim": "true",
-                        },
-                    }
-                ],
-            }
-        )
-        try:
-            internal = admin.get_client_id(client_id)
-            account = admin.get_client_service_account_user(internal)
-            admin.assign_realm_roles(account["id"], [admin.get_realm_role("rv-submit")])
-            token = httpx.post(
-                f"{stack_env['RV_KEYCLOAK_URL']}/realms/rv/protocol/openid-connect/token",
-                data={
-                    "grant_type": "client_credentials",
-                    "client_id": client_id,
-                    "client_secret": "short-secret",
-                },
-            ).json()["access_token"]
+        with service_client(
+            admin,
+            stack_env,
+            "short",
+            roles=["rv-submit"],
+            attributes={"access.token.lifespan": "2"},
+            protocolMappers=[AUDIENCE_MAPPER],
+        ) as token:
             time.sleep(9)  # lifetime 2 s plus the verifier's 5 s leeway
             response = submit_with_token(pipeline, token, "https://example.org/x.git")
-            assert response.status_code == 401
-            assert response.json()["error"] == "token expired; log in again (`rv login`)"
-        finally:
-            admin.delete_client(admin.get_client_id(client_id))
+        assert response.status_code == 401
+        assert response.json()["error"] == "token expired; log in again (`rv login`)"
 
     def test_no_token_at_all(self, pipeline: Pipeline) -> None:
         """The intake refuses anonymous submissions."""
@@ -332,7 +329,7 @@ class TestSecretsStayOut:
         logs = pipeline.injector.log_text() + "".join(w.log_text() for w in pipeline.workers)
         with db.connect(pipeline.env["RV_DATABASE_READER_URL"]) as conn:
             rows = json.dumps(conn.execute("SELECT row_to_json(jobs) FROM jobs").fetchall())
-        messages = _all_messages(pipeline)
+        messages = topic_text(pipeline.env)
         for secret in secrets:
             for part in secret.split("."):  # a JWT's pieces, or the whole opaque secret
                 if len(part) > 20:
@@ -340,32 +337,3 @@ class TestSecretsStayOut:
                     assert part not in rows
                     assert part not in messages
         assert "Bearer" not in logs
-
-
-def _all_messages(pipeline: Pipeline) -> str:
-    prefix = pipeline.env["RV_TOPIC_PREFIX"]
-    consumer = Consumer(
-        {
-            "bootstrap.servers": pipeline.env["RV_KAFKA_BOOTSTRAP"],
-            "group.id": f"audit-{uuid.uuid4()}",
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-        }
-    )
-    topics = [f"{prefix}{t}" for t in ("pending", "in-progress", "completed", "dead-letter")]
-    consumer.subscribe(topics)
-    seen: list[str] = []
-    ends = 0
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and ends < 24:
-        message = consumer.poll(0.5)
-        if message is None:
-            continue
-        if message.error():
-            ends += 1
-            continue
-        seen.append((message.value() or b"").decode(errors="replace"))
-        seen.extend(repr(message.headers()) for _ in [0] if message.headers())
-    consumer.close()
-    assert seen, "no messages read"
-    return "\n".join(seen)

@@ -317,6 +317,18 @@ class TestPoisonMessages:
         assert job["state"] == "done"
 
 
+def submit_until_running(pipeline: Pipeline, conn: db.Connection, url: str) -> db.Job:
+    """Submit ``url`` and return its job once a worker has claimed it."""
+    submitted = pipeline.rv("submit", "--json", url)
+    assert submitted.exit_code == 0, submitted.output
+    [job_id] = [uuid.UUID(item["id"]) for item in json.loads(submitted.stdout)]
+    deadline = time.monotonic() + 30
+    while (job := db.get_job(conn, job_id)) is None or job.state != "running":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    return job
+
+
 class TestKilledWorker:
     def test_a_job_held_by_a_killed_worker_is_finished_by_another(
         self, stack_env: dict[str, str], git_servers: GitServers, name: str, tmp_path: Path
@@ -327,16 +339,9 @@ class TestKilledWorker:
         try:
             git_servers.repos.create(name)
             url = git_servers.slow_http.url(name)
-            submitted = own.rv("submit", "--json", url)
-            assert submitted.exit_code == 0, submitted.output
-            [job_id] = [item["id"] for item in json.loads(submitted.stdout)]
             with db.connect(own.env["RV_DATABASE_READER_URL"]) as conn:
-                deadline = time.monotonic() + 30
-                while (
-                    job := db.get_job(conn, uuid.UUID(job_id))
-                ) is None or job.state != "running":
-                    assert time.monotonic() < deadline, "the job never started"
-                    time.sleep(0.1)
+                job = submit_until_running(own, conn, url)
+                job_id = str(job.id)
                 holder = next(w for w in own.workers if job.worker_id.endswith(f"-{w.process.pid}"))
                 holder.stop(signal.SIGKILL)
                 deadline = time.monotonic() + 90
@@ -357,17 +362,10 @@ class TestKilledWorker:
         own = start_pipeline(stack_env, tmp_path, workers=1)
         try:
             git_servers.repos.create(name)
-            submitted = own.rv("submit", "--json", git_servers.slow_http.url(name))
-            [job_id] = [item["id"] for item in json.loads(submitted.stdout)]
             with db.connect(own.env["RV_DATABASE_READER_URL"]) as conn:
-                deadline = time.monotonic() + 30
-                while (
-                    job := db.get_job(conn, uuid.UUID(job_id))
-                ) is None or job.state != "running":
-                    assert time.monotonic() < deadline
-                    time.sleep(0.05)
+                job = submit_until_running(own, conn, git_servers.slow_http.url(name))
                 assert own.workers[0].stop(signal.SIGTERM) == 0
-                assert db.require_job(conn, uuid.UUID(job_id)).state == "done"
+                assert db.require_job(conn, job.id).state == "done"
         finally:
             own.stop()
 
