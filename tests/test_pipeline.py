@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from confluent_kafka import Consumer, Producer
 
@@ -366,6 +367,38 @@ class TestKilledWorker:
                 job = submit_until_running(own, conn, git_servers.slow_http.url(name))
                 assert own.workers[0].stop(signal.SIGTERM) == 0
                 assert db.require_job(conn, job.id).state == "done"
+        finally:
+            own.stop()
+
+
+class TestTransientFailures:
+    def test_a_worker_without_its_database_retries_and_loses_nothing(
+        self, stack_env: dict[str, str], git_servers: GitServers, name: str, tmp_path: Path
+    ) -> None:
+        """With PostgreSQL out of reach the worker reports unhealthy and keeps retrying
+        without committing; a worker that can reach it later finishes the same job."""
+        own = start_pipeline(stack_env, tmp_path, workers=0)
+        try:
+            broken = own.add_worker(
+                "broken", RV_DATABASE_URL="postgresql://rv_writer:x@127.0.0.1:9/rv"
+            )
+            git_servers.repos.create(name)
+            submitted = own.rv("submit", "--json", git_servers.daemon.url(name))
+            [job_id] = [uuid.UUID(item["id"]) for item in json.loads(submitted.stdout)]
+            deadline = time.monotonic() + 30
+            while httpx.get(f"{broken.url}/healthz").status_code != 503:
+                assert time.monotonic() < deadline, "the worker never noticed"
+                time.sleep(0.2)
+            assert "transient failure, retrying" in broken.log_text()
+            assert broken.stop() == 0
+            own.add_worker("healthy")
+            with db.connect(own.env["RV_DATABASE_READER_URL"]) as conn:
+                deadline = time.monotonic() + 60
+                while not (job := db.require_job(conn, job_id)).state.is_final:
+                    assert time.monotonic() < deadline, "the job was lost"
+                    time.sleep(0.2)
+            assert job.state == "done"
+            assert 'rv_worker_queue_lag{topic="' in own.extra[-1].metrics()
         finally:
             own.stop()
 

@@ -21,6 +21,8 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer
 
 from repovault.db import DatabaseUnavailable
 from repovault.messages import MalformedMessage
+from repovault_daemons._http import HttpSide
+from repovault_daemons._metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,16 @@ class Shutdown:
 
 
 Step = Callable[[Message], None]
+LAG_INTERVAL_SECONDS = 5.0
+
+
+@dataclass
+class PipelineStatus:
+    """What the health endpoint and metrics report about a running pipeline."""
+
+    retrying: bool = False  # a transient failure is being retried (a service is away)
+    lag: int = 0  # messages on the assigned partitions not consumed yet
+    lag_measured_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -100,15 +112,21 @@ class Pipeline:
     shutdown: Shutdown
     retry: RetryPolicy = RetryPolicy()
     commit: CommitPolicy = CommitPolicy()
-    on_idle: Callable[[], None] = lambda: None
+    status: PipelineStatus = field(default_factory=PipelineStatus)
+
+    def observe(self, metrics: Metrics, http: HttpSide) -> None:
+        """Report this pipeline's lag as a gauge and its retrying state as health."""
+        metrics.before_render(lambda: metrics.gauge("queue_lag", self.status.lag, topic=self.topic))
+        http.healthy = lambda: not self.status.retrying
 
     def run(self) -> None:
         self.consumer.subscribe([self.topic])
         try:
             while not self.shutdown.requested.is_set():
                 message = self.consumer.poll(0.2)
+                if time.monotonic() - self.status.lag_measured_at > LAG_INTERVAL_SECONDS:
+                    self._measure_lag()
                 if message is None:
-                    self.on_idle()
                     continue
                 if message.error():
                     log.warning("consumer error", extra={"error": str(message.error())})
@@ -121,14 +139,28 @@ class Pipeline:
             self.consumer.close()
             self.producer.flush(10)
 
+    def _measure_lag(self) -> None:
+        self.status.lag_measured_at = time.monotonic()
+        try:
+            total = 0
+            for partition in self.consumer.position(self.consumer.assignment()):
+                low, high = self.consumer.get_watermark_offsets(partition, timeout=2)
+                position = partition.offset if partition.offset >= 0 else low
+                total += max(high - position, 0)
+            self.status.lag = total
+        except KafkaException as error:
+            log.warning("could not measure the consumer lag", extra={"error": str(error)})
+
     def _handle(self, message: Message) -> bool:
         """True when the message is done with (processed or dead-lettered)."""
         next_delay = self.retry.delays()
         while True:
             try:
                 self.step(message)
+                self.status.retrying = False
                 return True
             except self.retry.transient as error:
+                self.status.retrying = True
                 if self.shutdown.requested.is_set():
                     log.info("stopping with a message unfinished; it will be redelivered")
                     return False

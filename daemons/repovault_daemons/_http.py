@@ -36,12 +36,11 @@ Route = Callable[[Request], Response]
 class HttpSide:
     """Serves health and metrics on a background thread; routes are ``(method, path)``."""
 
-    def __init__(self, listen: str, metrics: Metrics, healthy: Callable[[], bool]) -> None:
+    def __init__(self, listen: str, metrics: Metrics) -> None:
         host, _, port = listen.rpartition(":")
+        self.healthy: Callable[[], bool] = lambda: True
         self._routes: dict[tuple[str, str], Route] = {
-            ("GET", "/healthz"): lambda _: Response(
-                200 if healthy() else 503, {"status": "ok" if healthy() else "unhealthy"}
-            ),
+            ("GET", "/healthz"): lambda _: self._health(),
             ("GET", "/metrics"): lambda _: Response(
                 200, metrics.render(), "text/plain; version=0.0.4"
             ),
@@ -49,6 +48,11 @@ class HttpSide:
         self._server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _health(self) -> Response:
+        if self.healthy():
+            return Response(200, {"status": "ok"})
+        return Response(503, {"status": "retrying: a service it needs is unavailable"})
 
     @property
     def port(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 Labels = tuple[tuple[str, str], ...]
@@ -18,6 +19,11 @@ class Metrics:
         self._counters: dict[tuple[str, Labels], float] = defaultdict(float)
         self._gauges: dict[tuple[str, Labels], float] = {}
         self._histograms: dict[tuple[str, Labels], list[float]] = {}
+        self._before_render: list[Callable[[], None]] = []
+
+    def before_render(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` (typically setting gauges) each time the metrics are read."""
+        self._before_render.append(callback)
 
     def count(self, name: str, amount: float = 1, **labels: str) -> None:
         with self._lock:
@@ -38,6 +44,8 @@ class Metrics:
             slots[-1] += seconds  # sum
 
     def render(self) -> str:
+        for callback in self._before_render:
+            callback()
         lines: list[str] = []
         with self._lock:
             for (name, labels), value in sorted(self._counters.items()):

@@ -101,14 +101,16 @@ def run(settings: Settings, shutdown: Shutdown) -> None:
         pending_topic=topics.pending,
         metrics=metrics,
     )
-    http = HttpSide(settings.intake_listen, metrics, lambda: True)
+    http = HttpSide(settings.intake_listen, metrics)
     http.add_route("POST", "/v1/jobs", intake.submit)
     http.start()
     step = InjectorStep(settings, database, producer, topics, metrics)
     consumer = _services.consumer(settings.kafka_bootstrap, f"{settings.topic_prefix}rv-injectors")
     log.info("injector started", extra={"intake": settings.intake_listen})
     try:
-        Pipeline(consumer, producer, topics.pending, topics.dead_letter, step, shutdown).run()
+        pipeline = Pipeline(consumer, producer, topics.pending, topics.dead_letter, step, shutdown)
+        pipeline.observe(metrics, http)
+        pipeline.run()
     finally:
         http.stop()
         database.close()

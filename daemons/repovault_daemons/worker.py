@@ -122,7 +122,7 @@ def run(settings: Settings, shutdown: Shutdown) -> None:
     topics = Topics(settings.topic_prefix)
     ensure_topics(settings.kafka_bootstrap, topics)
     metrics = Metrics("rv_worker")
-    http = HttpSide(settings.worker_health_listen, metrics, lambda: True)
+    http = HttpSide(settings.worker_health_listen, metrics)
     http.start()
     database = _services.Database(settings.database_url)
     producer = _services.producer(settings.kafka_bootstrap)
@@ -142,7 +142,11 @@ def run(settings: Settings, shutdown: Shutdown) -> None:
     )
     log.info("worker started", extra={"worker_id": step.worker_id, "health_port": http.port})
     try:
-        Pipeline(consumer, producer, topics.in_progress, topics.dead_letter, step, shutdown).run()
+        pipeline = Pipeline(
+            consumer, producer, topics.in_progress, topics.dead_letter, step, shutdown
+        )
+        pipeline.observe(metrics, http)
+        pipeline.run()
     finally:
         http.stop()
         database.close()
