@@ -164,7 +164,8 @@ def schema_errors(document: Any) -> list[str]:
 
 
 def stack_constants() -> dict[str, Any]:
-    """Module-level string constants of stack/localstack.py, read without importing it."""
+    """Module-level string constants of the local stack (stack/rvstack/settings.py), read
+    without importing it."""
     tree = ast.parse((ROOT / "stack" / "rvstack" / "settings.py").read_text())
     constants: dict[str, Any] = {}
     for node in tree.body:
