@@ -86,8 +86,6 @@ def read_manifest(client: Minio, bucket: str, snapshot: str) -> Manifest | None:
 
 def latest_manifest(client: Minio, bucket: str) -> Manifest | None:
     """The newest complete snapshot of a bucket, or None when there is none yet."""
-    if not client.bucket_exists(bucket):
-        return None
     pointer = _get(client, bucket, LATEST_KEY)
     if pointer is None:
         return None

@@ -17,6 +17,7 @@ from typing import IO, Any, BinaryIO, cast
 
 import pygit2
 from minio import Minio
+from minio.error import S3Error
 
 from repovault.jobs import JobState
 from repovault.snapshots import (
@@ -67,7 +68,7 @@ def archive(
     whose refs equal the latest snapshot's is recorded as unchanged without a clone.
     The temporary clone is deleted whatever happens.
     """
-    existing = read_manifest(client, bucket, snapshot) if client.bucket_exists(bucket) else None
+    existing = read_manifest(client, bucket, snapshot)
     if existing is not None:
         return ArchiveResult(JobState.DONE, snapshot, existing.head_commit, existing.bytes_stored)
     with tempfile.TemporaryDirectory(prefix="rv-clone-", dir=work_dir or None) as tmp:
@@ -107,24 +108,17 @@ def _store(
     if default_branch is not None:
         repo.set_head(default_branch)
         head_commit = str(repo.references[default_branch].peel(pygit2.Commit).id)
-    if not client.bucket_exists(bucket):
+    try:
         client.make_bucket(bucket)
-    bundle_size, bundle_sha = 0, None
-    if refs:
-        bundle = tmp / "repo.bundle"
-        subprocess.run(
-            ["git", "bundle", "create", "--quiet", str(bundle), "--all"],
-            cwd=repo.path,
-            check=True,
-            capture_output=True,
-        )
-        bundle_sha = _sha256_file(bundle)
-        bundle_size = bundle.stat().st_size
-        client.fput_object(bucket, bundle_key(snapshot), str(bundle), part_size=64 * MIB)
-    files: list[FileEntry] = []
-    if head_commit is not None:
-        tree = repo.revparse_single(head_commit).peel(pygit2.Tree)
-        with ThreadPoolExecutor(limits.upload_threads) as pool:
+    except S3Error as error:
+        if error.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+    with ThreadPoolExecutor(limits.upload_threads) as pool:
+        # The bundle is written and uploaded while the files go up beside it.
+        bundle = pool.submit(_store_bundle, client, repo, bucket, snapshot, tmp) if refs else None
+        files: list[FileEntry] = []
+        if head_commit is not None:
+            tree = repo.revparse_single(head_commit).peel(pygit2.Tree)
             files = list(
                 pool.map(
                     lambda item: _upload_file(
@@ -133,6 +127,7 @@ def _store(
                     _walk(repo, tree, ""),
                 )
             )
+        bundle_size, bundle_sha = bundle.result() if bundle else (0, None)
     manifest = Manifest(
         repo_url=repo_url,
         snapshot=snapshot,
@@ -149,6 +144,21 @@ def _store(
     pointer = json.dumps({"snapshot": snapshot}).encode()
     _put_bytes(client, bucket, LATEST_KEY, pointer, "application/json")
     return manifest
+
+
+def _store_bundle(
+    client: Minio, repo: pygit2.Repository, bucket: str, snapshot: str, tmp: Path
+) -> tuple[int, str]:
+    """Write every branch and tag as one git bundle and upload it; its size and sha256."""
+    bundle = tmp / "repo.bundle"
+    subprocess.run(
+        ["git", "bundle", "create", "--quiet", str(bundle), "--all"],
+        cwd=repo.path,
+        check=True,
+        capture_output=True,
+    )
+    client.fput_object(bucket, bundle_key(snapshot), str(bundle), part_size=64 * MIB)
+    return bundle.stat().st_size, _sha256_file(bundle)
 
 
 def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str) -> Iterator[tuple[str, Any]]:
