@@ -71,8 +71,9 @@ class _Browser:
         raise AssertionError(f"too many redirects at {url}")
 
 
-def approve_device(verification_uri_complete: str, username: str, password: str) -> None:
-    """Log in as ``username`` on the device page and grant the access asked for."""
+def approve_device(verification_uri_complete: str, username: str, password: str) -> str:
+    """Log in as ``username`` on the device page and grant the access asked for; return
+    the text of the last page."""
     with _Browser() as browser:
         page = browser.get(verification_uri_complete)
         action, inputs, _ = _form(page)
@@ -87,3 +88,4 @@ def approve_device(verification_uri_complete: str, username: str, password: str)
             page = browser.post(action, data={**inputs, **accept})
         assert page.status_code == 200, page.text[:500]
         assert "invalid" not in page.text.lower() or "success" in page.text.lower(), page.text[:800]
+        return page.text

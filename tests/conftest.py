@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCALSTACK = REPO_ROOT / "stack" / "localstack.py"
 
 
-def _localstack(
+def localstack(
     *args: str, env: dict[str, str] | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python stack/localstack.py ARGS`` and return what it did (never raises on exit)."""
@@ -32,11 +32,11 @@ def _localstack(
 @pytest.fixture(scope="session")
 def stack_env() -> dict[str, str]:
     """The RV_* settings of the local stack, started first when `status` says it is not healthy."""
-    if _localstack("status", "--json").returncode != 0:
-        started = _localstack("start", timeout=3600)
+    if localstack("status", "--json").returncode != 0:
+        started = localstack("start", timeout=3600)
         if started.returncode != 0:
             pytest.fail(f"the local stack did not start:\n{started.stderr[-6000:]}")
-    printed = _localstack("env", "--json")
+    printed = localstack("env", "--json")
     if printed.returncode != 0:
         pytest.fail(f"`localstack env --json` failed:\n{printed.stderr}")
     values = json.loads(printed.stdout)

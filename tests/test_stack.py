@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import html
 import io
 import json
 import os
-import re
 import socket
 import stat
-import subprocess
-import sys
 import time
 import uuid
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,32 +21,14 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from minio import Minio
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def localstack(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python stack/localstack.py ARGS`` (never raises on a non-zero exit)."""
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "stack" / "localstack.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
+from tests.browser import approve_device
+from tests.conftest import REPO_ROOT, localstack
+from tests.gitserve import free_port
 
 
 def _stack_dir() -> Path:
     configured = os.environ.get("RV_STACK_DIR", "").strip()
     return Path(configured).expanduser().resolve() if configured else REPO_ROOT / ".stack"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class TestPostgres:
@@ -249,35 +226,6 @@ class TestKeycloak:
         assert response.json()["error"] == "unauthorized_client"
 
 
-class _Browser:
-    """Just enough of a browser for Keycloak's login pages: follows redirects and keeps
-    cookies by hand (Keycloak marks them Secure, which browsers honour on 127.0.0.1 but
-    httpx's cookie jar does not over plain http)."""
-
-    def __init__(self) -> None:
-        self.cookies: dict[str, str] = {}
-
-    def request(self, method: str, url: str, data: dict[str, str] | None = None) -> httpx.Response:
-        for _ in range(10):
-            cookie = "; ".join(f"{key}={value}" for key, value in self.cookies.items())
-            response = httpx.request(method, url, data=data, headers={"Cookie": cookie}, timeout=30)
-            for header in response.headers.get_list("set-cookie"):
-                parsed: SimpleCookie = SimpleCookie()
-                parsed.load(header)
-                self.cookies.update({key: morsel.value for key, morsel in parsed.items()})
-            if response.status_code not in (301, 302, 303):
-                return response
-            url, method, data = str(response.url.join(response.headers["location"])), "GET", None
-        raise AssertionError(f"too many redirects at {url}")
-
-    def submit(self, page: httpx.Response, fields: dict[str, str]) -> httpx.Response:
-        form = re.search(r'(?s)<form[^>]*action="([^"]+)".*?</form>', page.text)
-        assert form, f"no form on {page.url}"
-        hidden = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form[0]))
-        action = str(page.url.join(html.unescape(form[1])))
-        return self.request("POST", action, {**hidden, **fields})
-
-
 class TestDeviceLogin:
     @pytest.mark.parametrize(
         ("user", "roles"),
@@ -299,14 +247,8 @@ class TestDeviceLogin:
             data={"client_id": "rv-cli", "scope": "openid offline_access"},
             timeout=30,
         ).json()
-        browser = _Browser()
-        login = browser.request("GET", device["verification_uri_complete"])
-        assert login.status_code == 200
-        consent = browser.submit(login, {"username": user, "password": user})
-        assert consent.status_code == 200
-        assert 'name="accept"' in consent.text, "expected Keycloak's device consent page"
-        done = browser.submit(consent, {"accept": "Yes"})
-        assert "Device Login Successful" in done.text
+        done = approve_device(device["verification_uri_complete"], user, user)
+        assert "Device Login Successful" in done
         response = httpx.post(
             f"{oidc}/token",
             data={
@@ -358,7 +300,7 @@ class TestLocalstackScript:
     def test_port_in_use_names_the_service(self, tmp_path: Path) -> None:
         """Starting with a port taken by another program fails fast, naming service and port."""
         ports = {
-            name: str(_free_port())
+            name: str(free_port())
             for name in (
                 "RV_STACK_KAFKA_PORT",
                 "RV_STACK_KAFKA_CONTROLLER_PORT",

@@ -55,18 +55,19 @@ def validate(settings: Settings, urls: list[str]) -> list[str]:
 
 
 def submit(
-    settings: Settings, urls: list[str], token: str, source: str = "submit"
+    settings: Settings, urls: list[str], token: Callable[[], str], source: str = "submit"
 ) -> list[Submitted]:
-    """Queue ``urls``; ``source`` tells the intake which role applies (trending needs the
-    operator role)."""
+    """Validate ``urls``, then get a token and queue them; ``source`` tells the intake which
+    role applies (trending needs the operator role)."""
     problems = validate(settings, urls)
     if problems:
         raise SubmitError("nothing was queued:\n  " + "\n  ".join(problems))
+    bearer = token()
     try:
         response = httpx.post(
             f"{settings.intake_url}/v1/jobs",
             json={"urls": urls, "source": source},
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": f"Bearer {bearer}"},
             timeout=60,
         )
     except httpx.HTTPError as failure:

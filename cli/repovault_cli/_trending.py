@@ -364,7 +364,7 @@ def trending(
     submitted = _submit.submit(
         settings,
         [entry.repo.clone_url for entry in wanted],
-        _tokens.access_token(settings),
+        lambda: _tokens.access_token(settings),
         source="trending",
     )
     if len(submitted) != len(wanted):

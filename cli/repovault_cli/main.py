@@ -95,10 +95,7 @@ def submit(
     if url_file is not None:
         wanted += _submit.read_url_lines(url_file)
     try:
-        problems = _submit.validate(settings, wanted)
-        if problems:
-            raise _submit.SubmitError("nothing was queued:\n  " + "\n  ".join(problems))
-        submitted = _submit.submit(settings, wanted, _tokens.access_token(settings))
+        submitted = _submit.submit(settings, wanted, lambda: _tokens.access_token(settings))
     except (_submit.SubmitError, _tokens.NotLoggedIn, _tokens.LoginFailed) as error:
         _fail(str(error))
     if not wait:
