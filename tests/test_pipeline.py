@@ -265,6 +265,18 @@ class TestBadInput:
         assert result.exit_code == 1
         assert "scheme 'ftp' is not supported" in result.output
 
+    def test_urls_from_stdin_are_read_too(self, pipeline: Pipeline) -> None:
+        """`rv submit -` reads the list from stdin, with the same all-or-nothing check."""
+        result = pipeline.rv("submit", "-", input="https://example.org/a.git\nnot a url\n")
+        assert result.exit_code == 1
+        assert "not a url: URLs cannot contain spaces or control characters" in result.output
+
+    def test_no_urls_at_all(self, pipeline: Pipeline) -> None:
+        """Nothing to submit is an error that says how to give URLs."""
+        result = pipeline.rv("submit")
+        assert result.exit_code == 1
+        assert "no repository URLs given; pass URLs, or --file F / - for a list" in result.output
+
     def test_hosts_outside_the_allow_list_are_refused(self, pipeline: Pipeline) -> None:
         """RV_ALLOWED_HOSTS restricts where repositories may come from."""
         result = pipeline.rv(
