@@ -224,6 +224,29 @@ class TestOperatorRole:
         finally:
             github.stop()
 
+    def test_retry_is_for_operators(
+        self, pipeline: Pipeline, user_env: dict[str, str], git_servers: GitServers, name: str
+    ) -> None:
+        """A failed job is retried by an operator once the cause is gone; `demo` may not
+        retry, and a job that did not fail is not retried."""
+        url = git_servers.http.url(name)
+        failed = pipeline.rv("submit", "--wait", "--json", url)
+        [job] = json.loads(failed.stdout)
+        assert job["state"] == "failed"
+        refused = rv_as(pipeline, user_env, "retry", job["id"][:8])
+        assert refused.exit_code == 1
+        assert "not allowed: user demo lacks the role rv-operator" in refused.output
+        git_servers.repos.create(name)
+        retried = pipeline.rv("retry", "--wait", "--json", job["id"][:8])
+        assert retried.exit_code == 0, retried.output
+        [again] = json.loads(retried.stdout)
+        assert (again["repo_url"], again["state"]) == (url, "done")
+        not_failed = pipeline.rv("retry", again["id"])
+        assert not_failed.exit_code == 1
+        assert f"only failed or rejected jobs are retried, not {again['id'][:8]} (done)" in (
+            not_failed.output
+        )
+
 
 class TestRefusedIdentities:
     def test_a_user_without_the_submit_role_is_rejected(

@@ -11,7 +11,7 @@ from uuid import UUID
 import httpx
 
 from repovault import db
-from repovault.jobs import Job
+from repovault.jobs import Job, JobState, unmatched_prefixes
 from repovault.settings import Settings
 from repovault.urls import (
     InvalidRepoUrl,
@@ -94,6 +94,23 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {"error": f"HTTP {response.status_code} from the intake"}
     return body if isinstance(body, dict) else {}
+
+
+def retry(
+    settings: Settings, conn: db.Connection, prefixes: list[str], token: Callable[[], str]
+) -> list[Submitted]:
+    """Queue again the repositories of the given jobs (operators only: the intake checks).
+    Only jobs that ended ``failed`` or ``rejected`` are retried."""
+    jobs = db.list_jobs(conn, id_prefixes=prefixes, limit=10000)
+    missing = unmatched_prefixes(jobs, prefixes)
+    if missing:
+        raise SubmitError(f"no such job: {', '.join(missing)}")
+    not_failed = [job for job in jobs if job.state not in (JobState.FAILED, JobState.REJECTED)]
+    if not_failed:
+        listed = ", ".join(f"{str(job.id)[:8]} ({job.state})" for job in not_failed)
+        raise SubmitError(f"only failed or rejected jobs are retried, not {listed}")
+    urls = sorted({job.repo_url for job in jobs})
+    return submit(settings, urls, token, source="retry")
 
 
 def wait_for(

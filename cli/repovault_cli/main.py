@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.live import Live
 
 from repovault import db
-from repovault.jobs import Job, JobState
+from repovault.jobs import Job, JobState, unmatched_prefixes
 from repovault.settings import Settings, SettingsError
 from repovault.snapshots import s3_client
 from repovault.urls import InvalidRepoUrl, parse_repo_url
@@ -66,6 +66,46 @@ def cli(ctx: click.Context) -> None:
         _fail(str(error))
 
 
+def _report(
+    ctx: click.Context,
+    settings: Settings,
+    submitted: list[_submit.Submitted],
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Print the queued jobs; with ``wait``, follow them to the end (exit 3 if any failed)."""
+    if not wait:
+        if as_json:
+            _print_json(
+                [{"id": str(s.id), "repo_url": s.repo_url, "bucket": s.bucket} for s in submitted]
+            )
+        else:
+            for item in submitted:
+                click.echo(f"{item.id}  {item.repo_url}")
+        return
+    ids = [item.id for item in submitted]
+    with _reader(settings) as conn:
+        if as_json:
+            jobs = _submit.wait_for(conn, ids, lambda _: None, timeout=timeout)
+        else:
+            with Live(console=console, refresh_per_second=8) as live:
+                jobs = _submit.wait_for(
+                    conn, ids, lambda now: live.update(_render.jobs_table(now)), timeout=timeout
+                )
+    if as_json:
+        _print_json([job.to_dict() for job in jobs])
+    unfinished = len(jobs) < len(ids) or any(not job.state.is_final for job in jobs)
+    failed = [job for job in jobs if job.state in (JobState.FAILED, JobState.REJECTED)]
+    if unfinished or failed:
+        if not as_json:
+            click.echo(
+                f"{len(failed)} job(s) failed" + (", some still running" if unfinished else ""),
+                err=True,
+            )
+        ctx.exit(EXIT_JOBS_FAILED)
+
+
 @cli.command()
 @click.argument("urls", nargs=-1)
 @click.option(
@@ -98,35 +138,7 @@ def submit(
         submitted = _submit.submit(settings, wanted, lambda: _tokens.access_token(settings))
     except (_submit.SubmitError, _tokens.NotLoggedIn, _tokens.LoginFailed) as error:
         _fail(str(error))
-    if not wait:
-        if as_json:
-            _print_json(
-                [{"id": str(s.id), "repo_url": s.repo_url, "bucket": s.bucket} for s in submitted]
-            )
-        else:
-            for item in submitted:
-                click.echo(f"{item.id}  {item.repo_url}")
-        return
-    ids = [item.id for item in submitted]
-    with _reader(settings) as conn:
-        if as_json:
-            jobs = _submit.wait_for(conn, ids, lambda _: None, timeout=timeout)
-        else:
-            with Live(console=console, refresh_per_second=8) as live:
-                jobs = _submit.wait_for(
-                    conn, ids, lambda now: live.update(_render.jobs_table(now)), timeout=timeout
-                )
-    if as_json:
-        _print_json([job.to_dict() for job in jobs])
-    unfinished = len(jobs) < len(ids) or any(not job.state.is_final for job in jobs)
-    failed = [job for job in jobs if job.state in (JobState.FAILED, JobState.REJECTED)]
-    if unfinished or failed:
-        if not as_json:
-            click.echo(
-                f"{len(failed)} job(s) failed" + (", some still running" if unfinished else ""),
-                err=True,
-            )
-        ctx.exit(EXIT_JOBS_FAILED)
+    _report(ctx, settings, submitted, wait, timeout, as_json)
 
 
 def _job_prefixes(values: tuple[str, ...]) -> list[str]:
@@ -186,9 +198,7 @@ def status(
                     pass
         else:
             found = fetch()
-            missing = [
-                p for p in prefixes if not any(str(j.id).startswith(p.lower()) for j in found)
-            ]
+            missing = unmatched_prefixes(found, prefixes)
             console.print(_render.jobs_table(found))
             if missing:
                 _fail(f"no such job: {', '.join(missing)}")
@@ -225,6 +235,32 @@ def stats(ctx: click.Context, repo: str | None, as_json: bool) -> None:
         console.print(table)
     if repo_url:
         console.print(_render.jobs_table(history, title="history"))
+
+
+@cli.command()
+@click.argument("jobs", nargs=-1, required=True)
+@click.option(
+    "--wait", is_flag=True, help="Show progress until the jobs end; exit 3 if any failed."
+)
+@click.option(
+    "--timeout", type=float, default=None, help="With --wait: give up after this many seconds."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.pass_context
+def retry(
+    ctx: click.Context, jobs: tuple[str, ...], wait: bool, timeout: float | None, as_json: bool
+) -> None:
+    """Queue failed or rejected JOBS again (operators only)."""
+    settings = _settings(ctx)
+    prefixes = _job_prefixes(jobs)
+    with _reader(settings) as conn:
+        try:
+            submitted = _submit.retry(
+                settings, conn, prefixes, lambda: _tokens.access_token(settings)
+            )
+        except (_submit.SubmitError, _tokens.NotLoggedIn, _tokens.LoginFailed) as error:
+            _fail(str(error))
+    _report(ctx, settings, submitted, wait, timeout, as_json)
 
 
 @cli.command()

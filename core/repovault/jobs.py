@@ -81,3 +81,8 @@ class Job:
         if self.worker_start_timestamp is None or self.worker_finishing_timestamp is None:
             return None
         return (self.worker_finishing_timestamp - self.worker_start_timestamp).total_seconds()
+
+
+def unmatched_prefixes(jobs: list[Job], prefixes: list[str]) -> list[str]:
+    """The job-id prefixes that none of ``jobs`` starts with."""
+    return [p for p in prefixes if not any(str(job.id).startswith(p.lower()) for job in jobs)]

@@ -28,6 +28,8 @@ from repovault_daemons._metrics import Metrics
 
 log = logging.getLogger("rv.intake")
 MAX_URLS_PER_REQUEST = 1000
+SOURCES = ("submit", "trending", "retry")
+OPERATOR_SOURCES = ("trending", "retry")  # submissions only operators may make
 
 
 @dataclass
@@ -44,7 +46,7 @@ class Intake:
             urls, source = _request(request.body)
         except ValueError as error:
             return Response(400, {"error": str(error)})
-        extra_roles = (self.settings.operator_role,) if source == "trending" else ()
+        extra_roles = (self.settings.operator_role,) if source in OPERATOR_SOURCES else ()
         token = _bearer(request.headers)
         if token is None:
             return Response(401, {"error": "no bearer token; run `rv login` first"})
@@ -122,8 +124,8 @@ def _bearer(headers: dict[str, str]) -> str | None:
 
 
 def _request(body: bytes) -> tuple[list[str], str]:
-    """The URLs, and where they come from: ``submit`` (anyone with the submit role) or
-    ``trending`` (operators only)."""
+    """The URLs, and where they come from: ``submit`` (anyone with the submit role),
+    ``trending`` or ``retry`` (operators only)."""
     try:
         document = json.loads(body or b"{}")
     except json.JSONDecodeError:
@@ -136,6 +138,6 @@ def _request(body: bytes) -> tuple[list[str], str]:
     if len(urls) > MAX_URLS_PER_REQUEST:
         raise ValueError(f"at most {MAX_URLS_PER_REQUEST} URLs per request")
     source = document.get("source", "submit")
-    if source not in ("submit", "trending"):
-        raise ValueError(f"unknown source {source!r}; expected submit or trending")
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
     return urls, source
