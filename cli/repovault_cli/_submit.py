@@ -13,12 +13,7 @@ import httpx
 from repovault import db
 from repovault.jobs import Job, JobState, unmatched_prefixes
 from repovault.settings import Settings
-from repovault.urls import (
-    InvalidRepoUrl,
-    check_host_policy,
-    literal_addresses,
-    parse_repo_url,
-)
+from repovault.urls import literal_addresses, validate_all
 
 
 class SubmitError(Exception):
@@ -42,15 +37,9 @@ def validate(settings: Settings, urls: list[str]) -> list[str]:
     Host names are not resolved here: the intake does that with the daemons' DNS."""
     if not urls:
         raise SubmitError("no repository URLs given; pass URLs, or --file F / - for a list")
-    problems = []
-    for url in urls:
-        try:
-            repo = parse_repo_url(url)
-            check_host_policy(
-                repo, settings.allowed_hosts, settings.allow_private_hosts, literal_addresses
-            )
-        except InvalidRepoUrl as error:
-            problems.append(str(error))
+    _, problems = validate_all(
+        urls, settings.allowed_hosts, settings.allow_private_hosts, literal_addresses
+    )
     return problems
 
 

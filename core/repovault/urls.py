@@ -121,6 +121,26 @@ def check_host_policy(
             )
 
 
+def validate_all(
+    urls: Iterable[str],
+    allowed_hosts: Iterable[str],
+    allow_private_hosts: Iterable[str],
+    resolve: Resolver | None = None,
+) -> tuple[list[RepoUrl], list[str]]:
+    """Parse and check every URL; the valid ones, and one message per refused one."""
+    allowed, private_ok = list(allowed_hosts), list(allow_private_hosts)
+    repos: list[RepoUrl] = []
+    problems: list[str] = []
+    for url in urls:
+        try:
+            repo = parse_repo_url(url)
+            check_host_policy(repo, allowed, private_ok, resolve)
+            repos.append(repo)
+        except InvalidRepoUrl as error:
+            problems.append(str(error))
+    return repos, problems
+
+
 def literal_addresses(host: str) -> list[str]:
     """A resolver that does no DNS: an IP literal is its own address, a name has none known.
     Clients use it for early feedback; the daemons resolve for real."""

@@ -19,7 +19,7 @@ from repovault import db
 from repovault.buckets import bucket_for
 from repovault.messages import PendingJob, encode
 from repovault.settings import Settings
-from repovault.urls import InvalidRepoUrl, RepoUrl, check_host_policy, parse_repo_url
+from repovault.urls import InvalidRepoUrl, RepoUrl, parse_repo_url, validate_all
 from repovault_daemons import _services
 from repovault_daemons._auth import Forbidden, TokenVerifier, Unauthenticated
 from repovault_daemons._consumer import TransientError
@@ -58,17 +58,9 @@ class Intake:
         except Forbidden as error:
             self._record_rejections(urls, error.username, f"rejected: {error}")
             return Response(403, {"error": str(error)})
-        repos: list[RepoUrl] = []
-        problems: list[str] = []
-        for url in urls:
-            try:
-                repo = parse_repo_url(url)
-                check_host_policy(
-                    repo, self.settings.allowed_hosts, self.settings.allow_private_hosts
-                )
-                repos.append(repo)
-            except InvalidRepoUrl as error:
-                problems.append(str(error))
+        repos, problems = validate_all(
+            urls, self.settings.allowed_hosts, self.settings.allow_private_hosts
+        )
         if problems:
             return Response(400, {"error": "nothing was queued", "problems": problems})
         try:
@@ -82,13 +74,13 @@ class Intake:
         for repo in repos:
             job = self.database.run(db.create_job, uuid.uuid4(), repo.url, username)
             created.append(job)
+        messages = [
+            (encode(PendingJob(str(job.id), job.repo_url, username)), job.repo_url)
+            for job in created
+        ]
         try:
-            for job in created:
-                message = PendingJob(str(job.id), job.repo_url, username)
-                self.producer.produce(self.pending_topic, encode(message), job.repo_url.encode())
-            if self.producer.flush(30):
-                raise TransientError("Kafka did not acknowledge the jobs within 30 s")
-        except (TransientError, BufferError) as error:
+            _services.send_all(self.producer, self.pending_topic, messages)
+        except TransientError as error:
             reason = f"could not be queued: {error}"
             self.database.run(db.fail_unqueued, [job.id for job in created], reason)
             raise TransientError(str(error)) from None

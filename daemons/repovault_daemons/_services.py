@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -69,17 +69,29 @@ def consumer(bootstrap: str, group: str, session_timeout_ms: int = 6000) -> Cons
 
 def send(producer: Producer, topic: str, value: bytes, key: str | None = None) -> None:
     """Produce one message and wait until the brokers acknowledged it."""
+    send_all(producer, topic, [(value, key)])
+
+
+def send_all(
+    producer: Producer, topic: str, messages: Sequence[tuple[bytes, str | None]]
+) -> None:
+    """Produce messages and wait until the brokers acknowledged every one of them."""
     failures: list[KafkaError] = []
 
     def delivered(error: KafkaError | None, _message: Message) -> None:
         if error is not None:
             failures.append(error)
 
-    producer.produce(topic, value, key.encode() if key else None, on_delivery=delivered)
+    try:
+        for value, key in messages:
+            producer.produce(topic, value, key.encode() if key else None, on_delivery=delivered)
+    except BufferError:
+        producer.flush(30)
+        raise TransientError(f"Kafka's local queue is full for {topic}") from None
     remaining = producer.flush(30)
     if failures or remaining:
         reason = failures[0].str() if failures else "not acknowledged within 30 s"
-        raise TransientError(f"Kafka did not take the message for {topic}: {reason}")
+        raise TransientError(f"Kafka did not take the messages for {topic}: {reason}")
 
 
 class Database:
