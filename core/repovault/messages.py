@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 from uuid import UUID
 
+from repovault.jobs import Job
+
 SCHEMA_VERSION = 1
 
 
@@ -44,6 +46,20 @@ class CompletedJob:
     head_commit: str | None = None
     bytes_stored: int | None = None
     error: str | None = None
+
+
+def completed(job: Job) -> CompletedJob:
+    """The `completed` announcement of a job whose outcome PostgreSQL has recorded."""
+    return CompletedJob(
+        str(job.id),
+        job.repo_url,
+        str(job.state),
+        job.bucket,
+        job.snapshot,
+        job.head_commit,
+        job.bytes_stored,
+        job.error,
+    )
 
 
 Message = TypeVar("Message", PendingJob, DispatchedJob, CompletedJob)

@@ -72,9 +72,7 @@ def send(producer: Producer, topic: str, value: bytes, key: str | None = None) -
     send_all(producer, topic, [(value, key)])
 
 
-def send_all(
-    producer: Producer, topic: str, messages: Sequence[tuple[bytes, str | None]]
-) -> None:
+def send_all(producer: Producer, topic: str, messages: Sequence[tuple[bytes, str | None]]) -> None:
     """Produce messages and wait until the brokers acknowledged every one of them."""
     failures: list[KafkaError] = []
 

@@ -19,10 +19,10 @@ from repovault import db
 from repovault.buckets import bucket_for
 from repovault.jobs import Job, JobState
 from repovault.messages import (
-    CompletedJob,
     DispatchedJob,
     MalformedMessage,
     PendingJob,
+    completed,
     decode,
     encode,
 )
@@ -69,8 +69,9 @@ class InjectorStep:
             self.metrics.count("jobs", outcome="dispatched")
             log.info("job dispatched", extra=context)
         elif job.state in (JobState.DUPLICATE, JobState.REJECTED):
-            completed = CompletedJob(str(job.id), job.repo_url, job.state, error=job.error)
-            _services.send(self.producer, self.topics.completed, encode(completed), job.repo_url)
+            _services.send(
+                self.producer, self.topics.completed, encode(completed(job)), job.repo_url
+            )
             self.metrics.count("jobs", outcome=str(job.state))
             log.info("job closed by policy", extra={**context, "reason": job.error})
         else:

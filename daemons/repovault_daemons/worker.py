@@ -19,8 +19,8 @@ from minio import Minio
 from minio.error import S3Error, ServerError
 
 from repovault import db
-from repovault.jobs import JobState
-from repovault.messages import CompletedJob, DispatchedJob, decode, encode
+from repovault.jobs import Job, JobState
+from repovault.messages import DispatchedJob, MalformedMessage, completed, decode, encode
 from repovault.settings import Settings
 from repovault.snapshots import s3_client
 from repovault.topics import Topics, ensure_topics
@@ -53,7 +53,11 @@ class WorkerStep:
         job_id = UUID(dispatched.job_id)
         job = self.database.run(db.claim, job_id, self.worker_id)
         if job is None:
-            log.info("job already final; redelivery ignored", extra={"job_id": str(job_id)})
+            final = self.database.run(db.get_job, job_id)
+            if final is None:
+                raise MalformedMessage(f"job {job_id} has no row")
+            log.info("job already final; announced again", extra={"job_id": str(job_id)})
+            self._announce(final)
             return
         context = {"job_id": str(job_id), "repo_url": job.repo_url, "attempt": job.attempts}
         log.info("archiving", extra=context)
@@ -88,23 +92,7 @@ class WorkerStep:
             self.database.run(db.finish, job_id, db.Outcome(JobState.FAILED, error=reason))
             raise
         finished = self.database.run(db.finish, job_id, outcome)
-        _services.send(
-            self.producer,
-            self.topics.completed,
-            encode(
-                CompletedJob(
-                    str(job_id),
-                    finished.repo_url,
-                    finished.state,
-                    dispatched.bucket,
-                    finished.snapshot,
-                    finished.head_commit,
-                    finished.bytes_stored,
-                    finished.error,
-                )
-            ),
-            key=finished.repo_url,
-        )
+        self._announce(finished)
         elapsed = time.monotonic() - started
         self.metrics.count("jobs", outcome=finished.state)
         self.metrics.observe("archive_seconds", elapsed)
@@ -114,6 +102,12 @@ class WorkerStep:
         log.info(
             "job finished",
             extra={**context, "state": finished.state, "error": finished.error, "seconds": elapsed},
+        )
+
+    def _announce(self, job: Job) -> None:
+        """Publish the recorded outcome to `completed` (again, after a redelivery)."""
+        _services.send(
+            self.producer, self.topics.completed, encode(completed(job)), key=job.repo_url
         )
 
 
