@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import httpx
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Message
 
 from tests.gitserve import free_port
 
@@ -87,9 +87,9 @@ def daemon_env(stack_env: dict[str, str], prefix: str, work_dir: Path) -> dict[s
     }
 
 
-def topic_text(env: dict[str, str], seconds: float = 10) -> str:
-    """Every message (values and headers) on the four topics of ``env``'s prefix, as text,
-    for checking that something secret is not in any of them."""
+def read_topics(env: dict[str, str], names: tuple[str, ...], seconds: float = 10) -> list[Message]:
+    """Every message on the given topics (names without ``env``'s prefix), read for
+    ``seconds`` from the beginning by a consumer group of its own."""
     prefix = env["RV_TOPIC_PREFIX"]
     consumer = Consumer(
         {
@@ -98,16 +98,24 @@ def topic_text(env: dict[str, str], seconds: float = 10) -> str:
             "auto.offset.reset": "earliest",
         }
     )
-    consumer.subscribe(
-        [f"{prefix}{t}" for t in ("pending", "in-progress", "completed", "dead-letter")]
-    )
-    seen: list[str] = []
+    consumer.subscribe([f"{prefix}{name}" for name in names])
+    seen: list[Message] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         message = consumer.poll(0.5)
         if message is not None and not message.error():
-            seen.append((message.value() or b"").decode(errors="replace"))
-            seen.append(repr(message.headers() or []))
+            seen.append(message)
     consumer.close()
+    return seen
+
+
+def topic_text(env: dict[str, str], seconds: float = 10) -> str:
+    """Every message (values and headers) on the four topics of ``env``'s prefix, as text,
+    for checking that something secret is not in any of them."""
+    topics = ("pending", "in-progress", "completed", "dead-letter")
+    seen = [
+        f"{(m.value() or b'').decode(errors='replace')} {m.headers() or []!r}"
+        for m in read_topics(env, topics, seconds)
+    ]
     assert seen, "no messages were read"
     return "\n".join(seen)

@@ -18,6 +18,7 @@ from repovault import db
 from repovault.buckets import bucket_for
 from repovault.snapshots import list_manifests, s3_client
 from tests.conftest import GitServers, Pipeline, start_pipeline
+from tests.daemons import read_topics
 from tests.gitserve import git, iter_files, refs_of
 
 
@@ -441,6 +442,10 @@ class TestSeeingIt:
         assert stats["history"][0]["id"] == job["id"]
         assert pipeline.rv("stats").exit_code == 0
         assert 'rv_worker_jobs_total{outcome="done"}' in pipeline.workers[0].metrics()
+        announced = [json.loads(m.value()) for m in read_topics(pipeline.env, ("completed",), 5)]
+        assert {"job_id": job["id"], "state": "done", "snapshot": job["snapshot"]}.items() <= next(
+            a for a in announced if a["job_id"] == job["id"]
+        ).items()
         lines = [
             json.loads(line)
             for line in pipeline.workers[0].log_text().splitlines()
