@@ -36,13 +36,14 @@ from repovault_daemons._fetch import GitCredentials, fetch, list_remote
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
+PART_BYTES = 5 * MIB  # S3's smallest multipart part: what one upload holds in memory
 
 
 @dataclass(frozen=True)
 class ArchiveLimits:
     max_repo_bytes: int
     upload_threads: int = 8
-    stream_above_bytes: int = 16 * MIB  # larger files are streamed from git, not held in memory
+    stream_above_bytes: int = 4 * MIB  # larger files are streamed from git, not held in memory
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def _store_bundle(
         check=True,
         capture_output=True,
     )
-    client.fput_object(bucket, bundle_key(snapshot), str(bundle), part_size=64 * MIB)
+    client.fput_object(bucket, bundle_key(snapshot), str(bundle), part_size=PART_BYTES)
     return bundle.stat().st_size, _sha256_file(bundle)
 
 
@@ -180,8 +181,7 @@ def _upload_file(
     entry: Any,
     limits: ArchiveLimits,
 ) -> FileEntry:
-    blob = cast(pygit2.Blob, repo[entry.id])
-    size = blob.size
+    _, size = repo.odb.read_header(entry.id)  # the size, without loading the content
     mode = int(entry.filemode)
     metadata: dict[str, str | list[str] | tuple[str]] = {"rv-mode": oct(mode)}
     if size > limits.stream_above_bytes and mode != SYMLINK_MODE:
@@ -196,10 +196,10 @@ def _upload_file(
                 cast(BinaryIO, reader),
                 size,
                 metadata=metadata,
-                part_size=16 * MIB,
+                part_size=PART_BYTES,
             )
         return FileEntry(path, size, reader.hexdigest(), mode)
-    data = blob.data
+    data = cast(pygit2.Blob, repo[entry.id]).data
     _put_bytes(client, bucket, file_key(snapshot, path), data, metadata=metadata)
     return FileEntry(path, size, hashlib.sha256(data).hexdigest(), mode)
 
