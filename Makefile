@@ -88,3 +88,4 @@ test: install test-tools stack-up
 # BENCH_ARGS passes options, e.g. make bench BENCH_ARGS="--rounds 3 --profile".
 bench: install stack-up
 	$(PYTHON) -m bench.pipeline $(BENCH_ARGS)
+	$(PYTHON) -m bench.memory --mib 40 400

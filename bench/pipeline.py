@@ -571,7 +571,7 @@ def keep_logs(base: Path, log_dir: Path) -> None:
         shutil.copyfile(log, log_dir / log.name)
 
 
-def _peak_rss_bytes(pid: int) -> int:
+def peak_rss_bytes(pid: int) -> int:
     """The process's peak resident memory (VmHWM) so far, from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -611,7 +611,7 @@ def run_pipeline(
                     pipeline, conn, [daemon.url(repo.name)], timeout, 0.02, buckets
                 )
                 idle_jobs.append(job)
-            peak_rss = _peak_rss_bytes(pipeline.workers[0].process.pid)
+            peak_rss = peak_rss_bytes(pipeline.workers[0].process.pid)
     finally:
         keep_logs(base, log_dir)
 
@@ -635,7 +635,7 @@ def run_pipeline(
         "clone_upload_by_kind": by_kind,
         "worker_busy_seconds": sum(busy),
         "worker_gap_seconds": summary(_worker_gaps(jobs)),
-        "worker_peak_rss_bytes": peak_rss,
+        "workerpeak_rss_bytes": peak_rss,
         "warmup": {
             "wall_seconds": warm_wall,
             "queue_wait_seconds": warm[0].queue_wait_seconds,
@@ -985,7 +985,7 @@ def print_report(document: dict[str, Any]) -> None:
         f"<= {IDLE_QUEUE_WAIT_GOAL * 1000:.0f} ms",
         _verdict(goals["idle_queue_wait_p50"]["met"]),
     )
-    peak = max(r["pipeline"]["worker_peak_rss_bytes"] for r in rounds)
+    peak = max(r["pipeline"]["workerpeak_rss_bytes"] for r in rounds)
     main.add_row("worker peak memory (VmHWM)", "", f"{peak / 2**20:.0f} MiB")
     out.print(main)
 
