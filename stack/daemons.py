@@ -1,64 +1,48 @@
+#!/usr/bin/env python3
 """Run the injector and one or more workers against the local stack, headless.
 
-    python stack/daemons.py start [--workers N]   # logs in .stack/logs, pids in .stack/run
+    python stack/daemons.py start [--workers N]   # logs in .stack/logs, pid files in .stack/run
     python stack/daemons.py status
     python stack/daemons.py stop
 
-Settings come from `stack/localstack.py env`; any RV_* already in the environment wins
-(for example RV_ALLOW_PRIVATE_HOSTS=127.0.0.1 to archive repositories served on loopback).
-Processes are stopped by the pids this script wrote, never by name.
+Settings are the local stack's (`stack/localstack.py env`); any RV_* already in the
+environment wins (for example RV_ALLOW_PRIVATE_HOSTS=127.0.0.1 to archive repositories
+served on loopback). Processes are started and stopped with the stack's own pid files,
+never found by name.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-STACK_DIR = Path(os.environ.get("RV_STACK_DIR", REPO_ROOT / ".stack"))
-RUN_DIR = STACK_DIR / "run"
-LOG_DIR = STACK_DIR / "logs"
+# The stack's package is importable as `stack.rvstack` once the repository root is on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stack.rvstack.config import Config, app_env, load_config
+from stack.rvstack.processes import running_pid, spawn, stop_service
+from stack.rvstack.state import load_secrets
+
 INTAKE_PORT = 58180
-WORKER_PORT = 58181
+WORKER_PORT = 58181  # the first worker; the next ones count up
 
 
-def _stack_env() -> dict[str, str]:
-    printed = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "stack" / "localstack.py"), "env", "--json"],
-        capture_output=True,
-        text=True,
-        check=False,
+def _daemons(workers: int) -> dict[str, tuple[str, int]]:
+    """name -> (module, health port)."""
+    wanted = {"injector": ("injector", INTAKE_PORT)}
+    for index in range(workers):
+        wanted[f"worker-{index}"] = ("worker", WORKER_PORT + index)
+    return wanted
+
+
+def _ours(cfg: Config) -> list[str]:
+    return sorted(
+        p.stem for p in cfg.run.glob("*.pid") if p.stem.startswith(("injector", "worker-"))
     )
-    if printed.returncode != 0:
-        sys.exit(f"daemons: the local stack is not running; run `make up` first\n{printed.stderr}")
-    values: dict[str, str] = json.loads(printed.stdout)
-    return values
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _pids() -> dict[str, int]:
-    found = {}
-    for path in sorted(RUN_DIR.glob("*.pid")):
-        pid = int(path.read_text())
-        if _alive(pid):
-            found[path.stem] = pid
-        else:
-            path.unlink()
-    return found
 
 
 def _healthy(port: int) -> bool:
@@ -69,69 +53,59 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def start(workers: int) -> None:
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    running = _pids()
-    env = {**_stack_env(), **os.environ}
-    wanted = {"injector": INTAKE_PORT} | {
-        f"worker-{index}": WORKER_PORT + index for index in range(workers)
-    }
-    for name, port in wanted.items():
-        if name in running:
+def start(cfg: Config, workers: int) -> int:
+    creds = load_secrets(cfg, create=False)
+    if not creds:
+        print("daemons: the local stack has never started; run `make up`", file=sys.stderr)
+        return 1
+    env = {**app_env(cfg, creds), **os.environ}
+    wanted = _daemons(workers)
+    for name, (module, port) in wanted.items():
+        if running_pid(cfg, name) is not None:
             continue
-        kind = "injector" if name == "injector" else "worker"
-        listen = "RV_INTAKE_LISTEN" if kind == "injector" else "RV_WORKER_HEALTH_LISTEN"
-        with (LOG_DIR / f"{name}.log").open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", f"repovault_daemons.{kind}"],
-                env={**env, listen: f"127.0.0.1:{port}"},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        (RUN_DIR / f"{name}.pid").write_text(str(process.pid))
+        listen = "RV_INTAKE_LISTEN" if module == "injector" else "RV_WORKER_HEALTH_LISTEN"
+        spawn(
+            cfg,
+            name,
+            [sys.executable, "-m", f"repovault_daemons.{module}"],
+            {**env, listen: f"127.0.0.1:{port}"},
+            cfg.stack,
+        )
     deadline = time.monotonic() + 60
-    for name, port in wanted.items():
+    for name, (_, port) in wanted.items():
         while not _healthy(port):
-            if time.monotonic() > deadline:
-                sys.exit(f"daemons: {name} is not healthy after 60 s; see {LOG_DIR / name}.log")
+            if time.monotonic() > deadline or running_pid(cfg, name) is None:
+                print(f"daemons: {name} is not healthy; see {cfg.log(name)}", file=sys.stderr)
+                return 1
             time.sleep(0.2)
-        print(f"{name:10} up  health http://127.0.0.1:{port}/healthz  log {LOG_DIR / name}.log")
+        print(f"{name:10} up    http://127.0.0.1:{port}/healthz   log {cfg.log(name)}")
+    return 0
 
 
-def stop() -> None:
-    for name, pid in _pids().items():
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 60
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        (RUN_DIR / f"{name}.pid").unlink(missing_ok=True)
-        print(f"{name:10} stopped (pid {pid})")
+def stop(cfg: Config) -> int:
+    for name in _ours(cfg):
+        stop_service(cfg, name)
+    return 0
 
 
-def status() -> int:
-    running = _pids()
+def status(cfg: Config) -> int:
+    running = {name: running_pid(cfg, name) for name in _ours(cfg)}
     for name, pid in running.items():
-        print(f"{name:10} running  pid {pid}")
+        print(f"{name:10} {'running' if pid else 'down':8} {f'pid {pid}' if pid else ''}")
     if not running:
-        print("no daemons running")
-    return 0 if running else 3
+        print("daemons: none started (make up starts them)")
+    return 0 if running and all(running.values()) else 3
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("command", choices=["start", "stop", "status"])
     parser.add_argument("--workers", type=int, default=1)
     arguments = parser.parse_args()
+    cfg = load_config()
     if arguments.command == "start":
-        start(arguments.workers)
-    elif arguments.command == "stop":
-        stop()
-    else:
-        sys.exit(status())
+        sys.exit(start(cfg, arguments.workers))
+    sys.exit(stop(cfg) if arguments.command == "stop" else status(cfg))
 
 
 if __name__ == "__main__":

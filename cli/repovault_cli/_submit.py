@@ -13,7 +13,7 @@ import httpx
 from repovault import db
 from repovault.jobs import Job, JobState, unmatched_prefixes
 from repovault.settings import Settings
-from repovault.urls import literal_addresses, validate_all
+from repovault.urls import unresolved, validate_all
 
 
 class SubmitError(Exception):
@@ -34,11 +34,11 @@ def read_url_lines(lines: Iterable[str]) -> list[str]:
 
 def validate(settings: Settings, urls: list[str]) -> list[str]:
     """Every URL checked before anything is sent; all problems reported together.
-    Host names are not resolved here: the intake does that with the daemons' DNS."""
+    Addresses are not checked here: the intake does that with the daemons' DNS and policy."""
     if not urls:
         raise SubmitError("no repository URLs given; pass URLs, or --file F / - for a list")
     _, problems = validate_all(
-        urls, settings.allowed_hosts, settings.allow_private_hosts, literal_addresses
+        urls, settings.allowed_hosts, settings.allow_private_hosts, unresolved
     )
     return problems
 

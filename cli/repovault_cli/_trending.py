@@ -301,7 +301,8 @@ def _hide(text: str, token: str) -> str:
 def plan(conn: db.Connection, settings: Settings, repos: list[TrendingRepo]) -> list[Entry]:
     """Rank the repositories and decide: skip those archived after their last push (and
     those rv would refuse), queue the rest (``action`` is ``would queue`` until submitted).
-    No DNS here, as in ``_submit.validate``: the intake resolves host names for real."""
+    IP literals are checked against the address policy here (GitHub's answers are not
+    trusted); host names are resolved by the intake."""
     entries = []
     for rank, repo in enumerate(repos, start=1):
         try:

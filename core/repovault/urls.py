@@ -141,9 +141,15 @@ def validate_all(
     return repos, problems
 
 
+def unresolved(host: str) -> list[str]:
+    """A resolver for clients: no addresses, so the address policy is left to the intake,
+    which resolves with the daemons' DNS and the operators' RV_ALLOW_PRIVATE_HOSTS."""
+    return []
+
+
 def literal_addresses(host: str) -> list[str]:
     """A resolver that does no DNS: an IP literal is its own address, a name has none known.
-    Clients use it for early feedback; the daemons resolve for real."""
+    For screening URLs from elsewhere (GitHub's answers) before they reach the intake."""
     try:
         return [str(ipaddress.ip_address(host))]
     except ValueError:
