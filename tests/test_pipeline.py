@@ -415,6 +415,20 @@ class TestTransientFailures:
         finally:
             own.stop()
 
+    def test_a_daemon_started_before_kafka_waits_for_it(
+        self, pipeline: Pipeline, tmp_path: Path
+    ) -> None:
+        """No broker yet: the worker logs that it waits, stays up, and stops cleanly."""
+        from tests.daemons import Daemon
+
+        early = Daemon(
+            "worker", {**pipeline.env, "RV_KAFKA_BOOTSTRAP": "127.0.0.1:9"}, tmp_path, "w"
+        )
+        time.sleep(7)
+        assert early.process.poll() is None, early.log_text()
+        assert "Kafka not reachable yet; waiting" in early.log_text()
+        assert early.stop(timeout=15) == 0
+
 
 class TestSeeingIt:
     def test_status_stats_and_metrics(

@@ -11,12 +11,13 @@ from contextlib import contextmanager
 from typing import Concatenate, ParamSpec, TypeVar
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from repovault import db
 from repovault.settings import Settings, SettingsError
+from repovault.topics import Topics, ensure_topics
 from repovault_daemons import _logging
-from repovault_daemons._consumer import TransientError
+from repovault_daemons._consumer import RetryPolicy, Shutdown, TransientError
 
 _KAFKA_LOG = logging.getLogger("rv.kafka")  # librdkafka's own messages, as JSON lines too
 P = ParamSpec("P")
@@ -34,6 +35,26 @@ def daemon_settings(*required: str) -> Settings:
         sys.exit(2)
     _logging.configure(settings.log_level)
     return settings
+
+
+def prepare_topics(bootstrap: str, topics: Topics, shutdown: Shutdown) -> bool:
+    """Create the topics, waiting (with backoff) while Kafka is not reachable yet, so a
+    daemon started before its broker waits instead of crash-looping. False if stopped."""
+    next_delay = RetryPolicy().delays()
+    while not shutdown.requested.is_set():
+        try:
+            created = ensure_topics(bootstrap, topics, timeout=5)
+        except KafkaException as error:
+            delay = next_delay()
+            logging.getLogger("rv").warning(
+                "Kafka not reachable yet; waiting", extra={"error": str(error), "retry_in": delay}
+            )
+            shutdown.requested.wait(delay)
+            continue
+        if created:
+            logging.getLogger("rv").info("topics created", extra={"topics": created})
+        return True
+    return False
 
 
 def producer(bootstrap: str) -> Producer:

@@ -27,7 +27,7 @@ from repovault.messages import (
     encode,
 )
 from repovault.settings import Settings
-from repovault.topics import Topics, ensure_topics
+from repovault.topics import Topics
 from repovault.urls import InvalidRepoUrl, check_host_policy, parse_repo_url
 from repovault_daemons import _services
 from repovault_daemons._auth import TokenVerifier
@@ -90,7 +90,8 @@ class InjectorStep:
 def run(settings: Settings, shutdown: Shutdown) -> None:
     """Serve the intake, health and metrics; make sure the topics exist; consume `pending`."""
     topics = Topics(settings.topic_prefix)
-    ensure_topics(settings.kafka_bootstrap, topics)
+    if not _services.prepare_topics(settings.kafka_bootstrap, topics, shutdown):
+        return
     metrics = Metrics("rv_injector")
     database = _services.Database(settings.database_url)
     producer = _services.producer(settings.kafka_bootstrap)

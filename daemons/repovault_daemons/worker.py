@@ -23,7 +23,7 @@ from repovault.jobs import Job, JobState
 from repovault.messages import DispatchedJob, MalformedMessage, completed, decode, encode
 from repovault.settings import Settings
 from repovault.snapshots import s3_client
-from repovault.topics import Topics, ensure_topics
+from repovault.topics import Topics
 from repovault_daemons import _services
 from repovault_daemons._archive import ArchiveLimits, archive
 from repovault_daemons._consumer import Pipeline, Shutdown, ShutdownNow, TransientError
@@ -114,7 +114,8 @@ class WorkerStep:
 def run(settings: Settings, shutdown: Shutdown) -> None:
     """Serve health and metrics, make sure the topics exist, then consume until stopped."""
     topics = Topics(settings.topic_prefix)
-    ensure_topics(settings.kafka_bootstrap, topics)
+    if not _services.prepare_topics(settings.kafka_bootstrap, topics, shutdown):
+        return
     metrics = Metrics("rv_worker")
     http = HttpSide(settings.worker_health_listen, metrics)
     http.start()
