@@ -56,7 +56,7 @@ from rich.table import Table
 from repovault import db
 from repovault.jobs import Job
 from repovault.snapshots import s3_client
-from tests.conftest import MAX_REPO_BYTES, Pipeline, start_pipeline
+from tests.conftest import MAX_REPO_BYTES, Pipeline, localstack, start_pipeline
 from tests.gitserve import GIT_ENV, GitDaemon, git
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -445,26 +445,11 @@ def run_floor(
 
 def stack_env() -> dict[str, str]:
     """The RV_* settings of the local stack, started first when `status` says it is down."""
-    script = str(REPO_ROOT / "stack" / "localstack.py")
-    status = subprocess.run(
-        [sys.executable, script, "status", "--json"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    if status.returncode != 0:
+    if localstack("status", "--json").returncode != 0:
         note.print("[bold]the local stack is not up: starting it (stack/localstack.py start)")
-        started = subprocess.run([sys.executable, script, "start"], check=False, timeout=3600)
-        if started.returncode != 0:
-            raise BenchError("the local stack did not start; see the output above")
-    printed = subprocess.run(
-        [sys.executable, script, "env", "--json"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
+        if localstack("start", timeout=3600).returncode != 0:
+            raise BenchError("the local stack did not start; run `make up` to see why")
+    printed = localstack("env", "--json")
     if printed.returncode != 0:
         raise BenchError(f"`localstack env --json` failed:\n{printed.stderr}")
     return {str(key): str(value) for key, value in json.loads(printed.stdout).items()}

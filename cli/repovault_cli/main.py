@@ -11,7 +11,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -66,6 +66,28 @@ def cli(ctx: click.Context) -> None:
         _fail(str(error))
 
 
+def _follow_options(command: Callable[..., None]) -> Callable[..., None]:
+    """--wait, --timeout and --json: how a command that queues jobs reports them."""
+    for option in reversed(
+        [
+            click.option(
+                "--wait",
+                is_flag=True,
+                help="Show progress until the jobs end; exit 3 if any failed.",
+            ),
+            click.option(
+                "--timeout",
+                type=float,
+                default=None,
+                help="With --wait: give up after this many seconds.",
+            ),
+            click.option("--json", "as_json", is_flag=True, help="Print machine-readable results."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 def _report(
     ctx: click.Context,
     settings: Settings,
@@ -111,13 +133,7 @@ def _report(
 @click.option(
     "--file", "-f", "url_file", type=click.File("r"), help="Read one URL per line ('-' for stdin)."
 )
-@click.option(
-    "--wait", is_flag=True, help="Show progress until the jobs end; exit 3 if any failed."
-)
-@click.option(
-    "--timeout", type=float, default=None, help="With --wait: give up after this many seconds."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@_follow_options
 @click.pass_context
 def submit(
     ctx: click.Context,
@@ -239,13 +255,7 @@ def stats(ctx: click.Context, repo: str | None, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("jobs", nargs=-1, required=True)
-@click.option(
-    "--wait", is_flag=True, help="Show progress until the jobs end; exit 3 if any failed."
-)
-@click.option(
-    "--timeout", type=float, default=None, help="With --wait: give up after this many seconds."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@_follow_options
 @click.pass_context
 def retry(
     ctx: click.Context, jobs: tuple[str, ...], wait: bool, timeout: float | None, as_json: bool
