@@ -7,18 +7,19 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from .config import Config, app_env, env_lines
+from .config import Config, app_env, env_lines, service_of
 from .console import StackError, print_ok, redact, report_errors
 from .files import file_lock, tail
-from .kafka import install_kafka, kafka_healthy
+from .kafka import install_kafka, kafka_healthy, kafka_node
 from .keycloak import install_keycloak, keycloak_healthy
 from .minio import install_minio, minio_healthy
 from .postgres import install_postgres, postgres_health
 from .processes import run_parallel, running_pid, stop_service
-from .settings import SERVICES
+from .settings import KAFKA_EXTRA_NODES, UNITS
 from .state import load_secrets
 
 
@@ -38,19 +39,19 @@ def cmd_install(cfg: Config) -> int:
     return report_errors(errors) or print_ok("everything is in the cache: " + str(cfg.cache))
 
 
-def health(cfg: Config, service: str) -> tuple[bool, str]:
-    if service == "postgres":
+def health(cfg: Config, unit: str) -> tuple[bool, str]:
+    if unit == "postgres":
         return postgres_health(cfg)
-    if service == "kafka":
-        return kafka_healthy(cfg)
-    if service == "minio":
+    if service_of(unit) == "kafka":
+        return kafka_healthy(cfg, kafka_node(cfg, unit))
+    if unit == "minio":
         return minio_healthy(cfg)
     return keycloak_healthy(cfg)
 
 
 def status_report(cfg: Config) -> dict[str, dict[str, Any]]:
     report: dict[str, dict[str, Any]] = {}
-    for service in SERVICES:
+    for service in cfg.units():
         pid = running_pid(cfg, service)
         ok, detail = health(cfg, service) if pid is not None else (False, "not running")
         report[service] = {
@@ -77,25 +78,40 @@ def cmd_status(cfg: Config, as_json: bool) -> int:
     return 0 if healthy else 3
 
 
-def cmd_stop(cfg: Config) -> int:
+def _stop_units(cfg: Config, units: list[str], stopped: list[str]) -> None:
+    for unit in units:
+        if stop_service(cfg, unit):
+            stopped.append(unit)
+
+
+def cmd_stop(cfg: Config, only: list[str] | None = None) -> int:
+    """Stop every unit, or those named in ``only`` ("kafka" means all Kafka nodes)."""
     if not cfg.stack.exists():
         return print_ok("nothing to stop")
+    wanted = set(only or UNITS)
+    if "kafka" in wanted:
+        wanted.update(KAFKA_EXTRA_NODES)
+    # Keycloak first (it holds connections to PostgreSQL), PostgreSQL last; the Kafka brokers
+    # before the controller (their controlled shutdown needs it).
+    groups = {
+        "keycloak": ["keycloak"],
+        "kafka": [*reversed(KAFKA_EXTRA_NODES), "kafka"],
+        "minio": ["minio"],
+    }
+    stopped: list[str] = []
     with file_lock(cfg.stack / ".lock", "this stack"):
-        # Keycloak first (it holds connections to PostgreSQL), PostgreSQL last.
-        stopped: list[str] = []
         errors = run_parallel(
             {
-                s: (lambda s=s: stopped.append(s) if stop_service(cfg, s) else None)  # type: ignore[misc]
-                for s in ("keycloak", "kafka", "minio")
+                name: partial(_stop_units, cfg, [u for u in units if u in wanted], stopped)
+                for name, units in groups.items()
             }
         )
-        if stop_service(cfg, "postgres"):
-            stopped.append("postgres")
+        _stop_units(cfg, [u for u in ["postgres"] if u in wanted], stopped)
     if errors:
         return report_errors(errors)
-    left = [s for s in SERVICES if running_pid(cfg, s) is not None]
+    left = [u for u in UNITS if u in wanted and running_pid(cfg, u) is not None]
     if left:
-        return report_errors([StackError(s, "is still running after stop") for s in left])
+        return report_errors([StackError(u, "is still running after stop") for u in left])
     return print_ok(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
@@ -122,7 +138,7 @@ def cmd_env(cfg: Config, as_json: bool) -> int:
 
 def cmd_logs(cfg: Config, service: str | None, lines: int, follow: bool) -> int:
     if service is None:
-        for name in SERVICES:
+        for name in cfg.units():
             path = cfg.log(name)
             print(f"{name:9} {path}{'' if path.exists() else '  (not written yet)'}")
         return 0

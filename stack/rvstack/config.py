@@ -9,7 +9,39 @@ from pathlib import Path
 
 from .console import StackError
 from .files import read_json
-from .settings import CRON_CLIENT_ID, PORT_SETTINGS, REALM, REPO_ROOT
+from .settings import CRON_CLIENT_ID, KAFKA_BROKER_COUNTS, PORT_SETTINGS, REALM, REPO_ROOT, SERVICES
+
+# (unit, label) -> the Config field holding that port (its variable is in PORT_SETTINGS)
+_PORT_KEYS = {
+    ("postgres", "port"): "pg_port",
+    ("kafka", "port"): "kafka_port",
+    ("kafka", "controller port"): "kafka_controller_port",
+    ("kafka-2", "port"): "kafka_broker_2_port",
+    ("kafka-3", "port"): "kafka_broker_3_port",
+    ("minio", "port"): "minio_port",
+    ("minio", "console port"): "minio_console_port",
+    ("keycloak", "port"): "kc_port",
+    ("keycloak", "management port"): "kc_mgmt_port",
+}
+
+
+def service_of(unit: str) -> str:
+    """The service a unit (process) belongs to: kafka-2 and kafka-3 are Kafka."""
+    return unit.split("-")[0]
+
+
+@dataclass(frozen=True)
+class KafkaNode:
+    """One Kafka process: node 1 is broker and controller, the others brokers only."""
+
+    unit: str  # its pid file and log name: kafka, kafka-2, kafka-3
+    node_id: int
+    port: int  # the PLAINTEXT (client) listener
+    home: Path  # server.properties and data/
+
+    @property
+    def controller(self) -> bool:
+        return self.node_id == 1
 
 
 @dataclass(frozen=True)
@@ -20,10 +52,13 @@ class Config:
     pg_port: int
     kafka_port: int
     kafka_controller_port: int
+    kafka_broker_2_port: int
+    kafka_broker_3_port: int
     minio_port: int
     minio_console_port: int
     kc_port: int
     kc_mgmt_port: int
+    kafka_brokers: int = 1
 
     @property
     def logs(self) -> Path:
@@ -33,47 +68,52 @@ class Config:
     def run(self) -> Path:
         return self.stack / "run"
 
-    def log(self, service: str) -> Path:
-        return self.logs / f"{service}.log"
+    def log(self, unit: str) -> Path:
+        return self.logs / f"{unit}.log"
 
     def ports(self) -> dict[str, int]:
         return {name: int(getattr(self, name)) for name in PORT_SETTINGS}
 
-    def service_ports(self, service: str) -> list[tuple[str, int]]:
-        return {
-            "postgres": [("port", self.pg_port)],
-            "kafka": [("port", self.kafka_port), ("controller port", self.kafka_controller_port)],
-            "minio": [("port", self.minio_port), ("console port", self.minio_console_port)],
-            "keycloak": [("port", self.kc_port), ("management port", self.kc_mgmt_port)],
-        }[service]
+    def kafka_nodes(self) -> list[KafkaNode]:
+        units = ["kafka" if n == 1 else f"kafka-{n}" for n in range(1, self.kafka_brokers + 1)]
+        return [
+            KafkaNode(unit, n, self.service_ports(unit)[0][1], self.stack / unit)
+            for n, unit in enumerate(units, start=1)
+        ]
 
-    def port_env(self, service: str, label: str) -> str:
-        key = {
-            ("postgres", "port"): "pg_port",
-            ("kafka", "port"): "kafka_port",
-            ("kafka", "controller port"): "kafka_controller_port",
-            ("minio", "port"): "minio_port",
-            ("minio", "console port"): "minio_console_port",
-            ("keycloak", "port"): "kc_port",
-            ("keycloak", "management port"): "kc_mgmt_port",
-        }[(service, label)]
-        return PORT_SETTINGS[key][0]
+    def kafka_bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{node.port}" for node in self.kafka_nodes())
 
-    def listen(self, service: str) -> str:
-        return {
-            "postgres": f"127.0.0.1:{self.pg_port}",
-            "kafka": f"127.0.0.1:{self.kafka_port}",
-            "minio": f"http://127.0.0.1:{self.minio_port}",
-            "keycloak": f"http://127.0.0.1:{self.kc_port}",
-        }[service]
+    def units(self, services: tuple[str, ...] = SERVICES) -> list[str]:
+        """The processes of ``services`` with this configuration, in start order."""
+        kafka = [node.unit for node in self.kafka_nodes()]
+        return [u for s in services for u in (kafka if s == "kafka" else [s])]
 
-    def details(self, service: str) -> str:
+    def service_ports(self, unit: str) -> list[tuple[str, int]]:
+        return [
+            (label, int(getattr(self, key))) for (u, label), key in _PORT_KEYS.items() if u == unit
+        ]
+
+    def port_key(self, unit: str, label: str) -> str:
+        return _PORT_KEYS[(unit, label)]
+
+    def port_env(self, unit: str, label: str) -> str:
+        return PORT_SETTINGS[self.port_key(unit, label)][0]
+
+    def listen(self, unit: str) -> str:
+        scheme = "http://" if unit in ("minio", "keycloak") else ""
+        return f"{scheme}127.0.0.1:{self.service_ports(unit)[0][1]}"
+
+    def details(self, unit: str) -> str:
+        if service_of(unit) == "kafka" and unit != "kafka":
+            return f"broker {unit.split('-')[1]} of {self.kafka_brokers}"
         return {
             "postgres": "databases rv, keycloak",
-            "kafka": f"controller 127.0.0.1:{self.kafka_controller_port}",
+            "kafka": f"controller 127.0.0.1:{self.kafka_controller_port}"
+            + (f"; broker 1 of {self.kafka_brokers}" if self.kafka_brokers > 1 else ""),
             "minio": f"console http://127.0.0.1:{self.minio_console_port}",
             "keycloak": f"realm {REALM}; health http://127.0.0.1:{self.kc_mgmt_port}/health/ready",
-        }[service]
+        }[unit]
 
 
 def _dir_from_env(name: str, default: Path) -> Path:
@@ -81,11 +121,23 @@ def _dir_from_env(name: str, default: Path) -> Path:
     return Path(value).expanduser().resolve() if value else default.resolve()
 
 
+def _brokers(recorded: object) -> int:
+    raw = os.environ.get("RV_STACK_KAFKA_BROKERS", "").strip()
+    if not raw:
+        return recorded if isinstance(recorded, int) and recorded in KAFKA_BROKER_COUNTS else 1
+    if not raw.isdigit() or int(raw) not in KAFKA_BROKER_COUNTS:
+        allowed = " or ".join(map(str, KAFKA_BROKER_COUNTS))
+        raise StackError("config", f"RV_STACK_KAFKA_BROKERS={raw!r}: allowed are {allowed}")
+    return int(raw)
+
+
 def load_config() -> Config:
-    """Ports come from RV_STACK_*_PORT, else from the last start (state.json), else defaults."""
+    """Ports and the number of Kafka brokers come from RV_STACK_*, else from the last start
+    (state.json), else defaults."""
     stack = _dir_from_env("RV_STACK_DIR", REPO_ROOT / ".stack")
     cache = _dir_from_env("RV_CACHE_DIR", Path.home() / ".cache" / "repovault")
-    recorded = read_json(stack / "state.json").get("ports", {})
+    state = read_json(stack / "state.json")
+    recorded = state.get("ports", {})
     ports: dict[str, int] = {}
     for key, (env, default) in PORT_SETTINGS.items():
         raw = os.environ.get(env, "").strip()
@@ -97,16 +149,24 @@ def load_config() -> Config:
             ports[key] = int(recorded[key])
         else:
             ports[key] = default
+    cfg = Config(
+        repo=REPO_ROOT,
+        cache=cache,
+        stack=stack,
+        kafka_brokers=_brokers(state.get("kafka_brokers")),
+        **ports,
+    )
     seen: dict[int, str] = {}
-    for key, port in ports.items():
-        if port in seen:
-            raise StackError(
-                "config",
-                f"{PORT_SETTINGS[key][0]} and {PORT_SETTINGS[seen[port]][0]} both use port {port}; "
-                "give each service its own port",
-            )
-        seen[port] = key
-    return Config(repo=REPO_ROOT, cache=cache, stack=stack, **ports)
+    for unit in cfg.units():
+        for label, port in cfg.service_ports(unit):
+            env = cfg.port_env(unit, label)
+            if port in seen:
+                raise StackError(
+                    "config",
+                    f"{env} and {seen[port]} both use port {port}; give each service its own port",
+                )
+            seen[port] = env
+    return cfg
 
 
 def app_env(cfg: Config, creds: dict[str, str]) -> dict[str, str]:
@@ -120,7 +180,7 @@ def app_env(cfg: Config, creds: dict[str, str]) -> dict[str, str]:
             f"postgresql://rv_reader:{creds.get('pg_rv_reader_password', '')}"
             f"@127.0.0.1:{cfg.pg_port}/rv"
         ),
-        "RV_KAFKA_BOOTSTRAP": f"127.0.0.1:{cfg.kafka_port}",
+        "RV_KAFKA_BOOTSTRAP": cfg.kafka_bootstrap(),
         "RV_S3_ENDPOINT": f"http://127.0.0.1:{cfg.minio_port}",
         "RV_S3_ACCESS_KEY": creds.get("minio_root_user", ""),
         "RV_S3_SECRET_KEY": creds.get("minio_root_password", ""),

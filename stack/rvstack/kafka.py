@@ -1,4 +1,8 @@
-"""Kafka in KRaft mode (one node, broker and controller): jars from Maven, start, health."""
+"""Kafka in KRaft mode: jars from Maven, start, health.
+
+Node 1 ("kafka") is broker and controller; with RV_STACK_KAFKA_BROKERS=3 the broker-only nodes 2
+and 3 ("kafka-2", "kafka-3") join it, and the internal topics get three replicas (min ISR 2).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from .config import Config
+from .config import Config, KafkaNode
 from .console import StackError, say
 from .files import file_lock
 from .processes import environment_without, run_logged, running_pid, spawn
@@ -114,27 +118,33 @@ def kafka_cluster_id() -> str:
             return text
 
 
-def kafka_properties(cfg: Config) -> str:
-    data = cfg.stack / "kafka" / "data"
+def kafka_properties(cfg: Config, node: KafkaNode) -> str:
+    replicas, min_isr = (3, 2) if cfg.kafka_brokers >= 3 else (1, 1)
+    controller = f"127.0.0.1:{cfg.kafka_controller_port}"
+    listeners = f"PLAINTEXT://127.0.0.1:{node.port}"
+    if node.controller:
+        listeners += f",CONTROLLER://{controller}"
     return f"""\
 # Written by stack/localstack.py on every start.
-process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:{cfg.kafka_controller_port}
-listeners=PLAINTEXT://127.0.0.1:{cfg.kafka_port},CONTROLLER://127.0.0.1:{cfg.kafka_controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{cfg.kafka_port},CONTROLLER://127.0.0.1:{cfg.kafka_controller_port}
+process.roles={"broker,controller" if node.controller else "broker"}
+node.id={node.node_id}
+controller.quorum.bootstrap.servers={controller}
+listeners={listeners}
+advertised.listeners={listeners}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={data}
+log.dirs={node.home / "data"}
 num.partitions=1
-offsets.topic.replication.factor=1
+default.replication.factor={replicas}
+min.insync.replicas={min_isr}
+offsets.topic.replication.factor={replicas}
 offsets.topic.num.partitions=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor={replicas}
+transaction.state.log.min.isr={min_isr}
 transaction.state.log.num.partitions=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor={replicas}
+share.coordinator.state.topic.min.isr={min_isr}
 share.coordinator.state.topic.num.partitions=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
@@ -189,63 +199,111 @@ def kafka_metadata(port: int, timeout: float = 2.0) -> tuple[list[int], str | No
     return brokers, string()
 
 
-def kafka_healthy(cfg: Config) -> tuple[bool, str]:
+def kafka_node(cfg: Config, unit: str) -> KafkaNode:
+    return next(node for node in cfg.kafka_nodes() if node.unit == unit)
+
+
+def kafka_healthy(cfg: Config, node: KafkaNode) -> tuple[bool, str]:
     try:
-        brokers, cluster = kafka_metadata(cfg.kafka_port)
+        brokers, cluster = kafka_metadata(node.port)
     except (OSError, struct.error, ValueError) as exc:
         return False, f"metadata request: {exc}"
     expected = read_state(cfg).get("kafka_cluster_id")
-    if 1 not in brokers:
-        return False, f"metadata lists brokers {brokers}, not node 1 yet"
+    missing = [n.node_id for n in cfg.kafka_nodes() if n.node_id not in brokers]
+    if missing:
+        return False, f"metadata lists brokers {sorted(brokers)}, not node {missing} (yet)"
     if expected and cluster != expected:
         return False, f"cluster id {cluster} is not this stack's {expected}"
-    return True, "metadata ok"
+    return True, f"metadata ok ({len(brokers)} broker{'s' if len(brokers) > 1 else ''})"
 
 
-def start_kafka(cfg: Config) -> subprocess.Popen[bytes] | None:
-    if running_pid(cfg, "kafka") is not None:
+def _cluster_of(node: KafkaNode) -> str | None:
+    """The cluster id in the node's formatted storage (None when not formatted)."""
+    try:
+        text = (node.home / "data" / "meta.properties").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "cluster.id":
+            return value.strip()
+    return None
+
+
+def prepare_kafka(cfg: Config) -> None:
+    """Before any node starts: check the storage fits this configuration; settle the cluster id.
+
+    The replication of the internal topics is fixed when they are first created, so a storage
+    formatted for one broker count cannot serve another.
+    """
+    state = read_state(cfg)
+    first = cfg.kafka_nodes()[0]
+    formatted = _cluster_of(first)
+    if formatted is not None:
+        port = state.get("kafka_formatted_controller_port")
+        brokers = state.get("kafka_formatted_brokers", 1)
+        if port is not None and port != cfg.kafka_controller_port:
+            fix = f"RV_STACK_KAFKA_CONTROLLER_PORT={port}"
+            why = f"controller port {port}, not {cfg.kafka_controller_port}"
+        elif brokers != cfg.kafka_brokers:
+            fix = f"RV_STACK_KAFKA_BROKERS={brokers}"
+            why = f"{brokers} broker(s), not {cfg.kafka_brokers}"
+        else:
+            fix = why = ""
+        if why:
+            raise StackError(
+                "kafka",
+                f"the storage in {first.home / 'data'} was formatted for {why}. Start with "
+                f"{fix}, or run `python stack/localstack.py stop` and delete "
+                f"{cfg.stack}/kafka* (its topics are lost)",
+            )
+    cluster = state.get("kafka_cluster_id") or formatted or kafka_cluster_id()
+    for node in cfg.kafka_nodes():
+        other = _cluster_of(node)
+        if other is not None and other != cluster:
+            raise StackError(
+                node.unit,
+                f"the storage in {node.home / 'data'} belongs to Kafka cluster {other}, not this "
+                f"stack's {cluster}. Run `python stack/localstack.py stop` and delete {node.home}",
+            )
+    update_state(cfg, kafka_cluster_id=cluster)
+
+
+def start_kafka(cfg: Config, node: KafkaNode) -> subprocess.Popen[bytes] | None:
+    """Start one node (formatting its storage first when new); None when it runs already."""
+    if running_pid(cfg, node.unit) is not None:
         return None
     java = kafka_java()
-    home = cfg.stack / "kafka"
+    home = node.home
     (home / "data").mkdir(parents=True, exist_ok=True)
     props = home / "server.properties"
-    props.write_text(kafka_properties(cfg))
+    props.write_text(kafka_properties(cfg, node))
     log4j = home / "log4j2.properties"
     log4j.write_text(KAFKA_LOG4J)
     classpath = str(kafka_libs(cfg) / "*")
-    state = read_state(cfg)
-    formatted_port = state.get("kafka_formatted_controller_port")
-    if (home / "data" / "meta.properties").exists():
-        if formatted_port is not None and formatted_port != cfg.kafka_controller_port:
-            raise StackError(
-                "kafka",
-                f"the storage in {home / 'data'} was formatted for controller port "
-                f"{formatted_port}, not {cfg.kafka_controller_port}. Start with "
-                f"RV_STACK_KAFKA_CONTROLLER_PORT={formatted_port}, or stop the stack and delete "
-                f"{home / 'data'} (its topics are lost)",
-            )
-    else:
-        cluster_id = state.get("kafka_cluster_id") or kafka_cluster_id()
-        say(f"kafka: formatting storage {home / 'data'} (cluster id {cluster_id})")
+    if _cluster_of(node) is None:
+        cluster_id = read_state(cfg)["kafka_cluster_id"]  # settled by prepare_kafka
+        say(f"{node.unit}: formatting storage {home / 'data'} (cluster id {cluster_id})")
         run_logged(
-            "kafka",
+            node.unit,
             [
                 java, f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath,
                 "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
-                "--standalone", "-g",
+                *(["--standalone"] if node.controller else []), "-g",
             ],
-            cfg.log("kafka"),
+            cfg.log(node.unit),
             "formatting the Kafka storage",
             cwd=home,
         )  # fmt: skip
-        update_state(
-            cfg,
-            kafka_cluster_id=cluster_id,
-            kafka_formatted_controller_port=cfg.kafka_controller_port,
-        )
+        if node.controller:
+            update_state(
+                cfg,
+                kafka_formatted_controller_port=cfg.kafka_controller_port,
+                kafka_formatted_brokers=cfg.kafka_brokers,
+            )
     argv = [
         java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={cfg.logs}",
         "-cp", classpath, "kafka.Kafka", str(props),
     ]  # fmt: skip
-    return spawn(cfg, "kafka", argv, environment_without("KAFKA_", "RV_"), home)
+    return spawn(cfg, node.unit, argv, environment_without("KAFKA_", "RV_"), home)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import Config
+from .config import Config, service_of
 from .console import StackError, say
 from .files import read_json, tail, write_private
 from .settings import HEALTH_TIMEOUTS
@@ -135,7 +135,7 @@ def wait_healthy(
 ) -> None:
     if timeout is None:
         env_timeout = os.environ.get("RV_STACK_HEALTH_TIMEOUT", "").strip()
-        timeout = float(env_timeout) if env_timeout else HEALTH_TIMEOUTS[service]
+        timeout = float(env_timeout) if env_timeout else HEALTH_TIMEOUTS[service_of(service)]
     deadline = time.monotonic() + timeout
     detail = "no answer yet"
     while True:
@@ -174,10 +174,10 @@ def port_free(port: int) -> bool:
     return True
 
 
-def check_ports(cfg: Config, services: list[str]) -> list[StackError]:
-    """Every port of a service we are about to start must be free; say who to blame if not."""
+def check_ports(cfg: Config, units: list[str]) -> list[StackError]:
+    """Every port of a unit we are about to start must be free; say who to blame if not."""
     problems = []
-    for service in services:
+    for service in units:
         for label, port in cfg.service_ports(service):
             if not port_free(port):
                 problems.append(

@@ -26,12 +26,20 @@ REALM = "rv"
 CRON_CLIENT_ID = "rv-cron"
 
 SERVICES = ("postgres", "kafka", "minio", "keycloak")
+# Kafka runs one combined broker+controller node ("kafka", node.id 1) or that node plus the
+# broker-only nodes "kafka-2" and "kafka-3" (RV_STACK_KAFKA_BROKERS=3).
+KAFKA_BROKER_COUNTS = (1, 3)
+KAFKA_EXTRA_NODES = ("kafka-2", "kafka-3")
+# Every process the stack may run, each with its own pid file and log.
+UNITS = ("postgres", "kafka", *KAFKA_EXTRA_NODES, "minio", "keycloak")
 
 # name in Config -> (environment variable, default)
 PORT_SETTINGS: dict[str, tuple[str, int]] = {
     "pg_port": ("RV_STACK_PG_PORT", 55432),
     "kafka_port": ("RV_STACK_KAFKA_PORT", 59092),
     "kafka_controller_port": ("RV_STACK_KAFKA_CONTROLLER_PORT", 59093),
+    "kafka_broker_2_port": ("RV_STACK_KAFKA_BROKER_2_PORT", 59094),
+    "kafka_broker_3_port": ("RV_STACK_KAFKA_BROKER_3_PORT", 59095),
     "minio_port": ("RV_STACK_MINIO_PORT", 59000),
     "minio_console_port": ("RV_STACK_MINIO_CONSOLE_PORT", 59001),
     "kc_port": ("RV_STACK_KEYCLOAK_PORT", 58080),

@@ -1,6 +1,7 @@
-"""`start`: check ports and tools, then bring the four services up in parallel and provision them.
+"""`start`: check ports and tools, then bring the services up in parallel and provision them.
 
-Keycloak waits for PostgreSQL (its database); the others start independently.
+Keycloak waits for PostgreSQL (its database); the others start independently. `--only` starts
+a subset (Keycloak brings PostgreSQL along).
 """
 
 from __future__ import annotations
@@ -11,11 +12,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 
-from .config import Config, app_env, env_lines
+from .config import Config, KafkaNode, app_env, env_lines, service_of
 from .console import StackError, report_errors, say
 from .files import file_lock, write_private
-from .kafka import install_kafka, kafka_healthy, kafka_installed, kafka_java, start_kafka
+from .kafka import (
+    install_kafka,
+    kafka_healthy,
+    kafka_installed,
+    kafka_java,
+    prepare_kafka,
+    start_kafka,
+)
 from .keycloak import (
     install_keycloak,
     keycloak_archive,
@@ -42,7 +51,7 @@ from .postgres import (
     start_postgres,
 )
 from .processes import check_ports, run_parallel, running_pid, wait_healthy
-from .settings import PORT_SETTINGS, SERVICES
+from .settings import SERVICES
 from .state import load_secrets, read_state, update_state
 from .tools import maven_command
 
@@ -73,45 +82,56 @@ def preflight_tools(cfg: Config, services: list[str]) -> list[StackError]:
 
 def _until_healthy(
     cfg: Config,
-    service: str,
+    unit: str,
     start: Callable[[], subprocess.Popen[bytes] | None],
-    check: Callable[[Config], tuple[bool, str]],
+    check: Callable[[], tuple[bool, str]],
 ) -> None:
-    """Start ``service`` (a no-op when it runs already) and wait until ``check`` passes."""
+    """Start ``unit`` (a no-op when it runs already) and wait until ``check`` passes."""
     proc = start()
-    wait_healthy(cfg, service, lambda: check(cfg), proc)
-    say(f"{service}: healthy")
+    wait_healthy(cfg, unit, check, proc)
+    say(f"{unit}: healthy")
 
 
-def cmd_start(cfg: Config) -> int:
+def selected_services(only: list[str] | None) -> tuple[str, ...]:
+    """The services to start, in order: all, or ``only`` plus what they need."""
+    wanted = set(only or SERVICES)
+    if "keycloak" in wanted:
+        wanted.add("postgres")  # its database
+    return tuple(s for s in SERVICES if s in wanted)
+
+
+def cmd_start(cfg: Config, only: list[str] | None = None) -> int:
     cfg.stack.mkdir(parents=True, exist_ok=True)
     with file_lock(cfg.stack / ".lock", "this stack"):
-        return _start_locked(cfg)
+        return _start_locked(cfg, selected_services(only))
 
 
-def _start_locked(cfg: Config) -> int:
+def _start_locked(cfg: Config, services: tuple[str, ...]) -> int:
     started = time.monotonic()
     creds = load_secrets(cfg, create=True)
     recorded = read_state(cfg).get("ports", {})
-    running = {s for s in SERVICES if running_pid(cfg, s) is not None}
-    for service in running:
-        for label, port in cfg.service_ports(service):
-            env_name = cfg.port_env(service, label)
-            key = next(k for k, (env, _) in PORT_SETTINGS.items() if env == env_name)
-            old = recorded.get(key)
+    units = cfg.units(services)
+    running = [u for u in units if running_pid(cfg, u) is not None]
+    for unit in running:
+        for label, port in cfg.service_ports(unit):
+            old = recorded.get(cfg.port_key(unit, label))
             if old is not None and old != port:
                 raise StackError(
-                    service,
+                    unit,
                     f"already running with {label} {old}, but {port} was asked for; "
                     "run `python stack/localstack.py stop` first to change ports",
                 )
-    to_start = [s for s in SERVICES if s not in running]
+    to_start = [u for u in units if u not in running]
     if to_start:
-        problems = check_ports(cfg, to_start) or preflight_tools(cfg, to_start)
+        needed = list(dict.fromkeys(service_of(u) for u in to_start))
+        problems = check_ports(cfg, to_start) or preflight_tools(cfg, needed)
         if problems:
             return report_errors(problems)
+    if "kafka" in services:
+        prepare_kafka(cfg)
+        update_state(cfg, kafka_brokers=cfg.kafka_brokers)
     if running:
-        say(f"already running: {', '.join(s for s in SERVICES if s in running)}")
+        say(f"already running: {', '.join(running)}")
     update_state(cfg, ports=cfg.ports())
     cfg.logs.mkdir(parents=True, exist_ok=True)
 
@@ -126,16 +146,18 @@ def _start_locked(cfg: Config) -> int:
         pg_holder["layout"] = layout
         pg_ready.set()
 
-    def kafka_task() -> None:
-        if running_pid(cfg, "kafka") is None:
+    def kafka_task(node: KafkaNode) -> None:
+        if running_pid(cfg, node.unit) is None:
             kafka_java()
             install_kafka(cfg)
-        _until_healthy(cfg, "kafka", lambda: start_kafka(cfg), kafka_healthy)
+        _until_healthy(
+            cfg, node.unit, lambda: start_kafka(cfg, node), lambda: kafka_healthy(cfg, node)
+        )
 
     def minio_task() -> None:
         if running_pid(cfg, "minio") is None:
             install_minio(cfg)
-        _until_healthy(cfg, "minio", lambda: start_minio(cfg, creds), minio_healthy)
+        _until_healthy(cfg, "minio", lambda: start_minio(cfg, creds), lambda: minio_healthy(cfg))
 
     def keycloak_task() -> None:
         keycloak_java_home()
@@ -145,7 +167,10 @@ def _start_locked(cfg: Config) -> int:
             raise StackError("keycloak", "not started because PostgreSQL did not come up")
         layout = pg_holder["layout"]
         _until_healthy(
-            cfg, "keycloak", lambda: start_keycloak(cfg, layout, creds), keycloak_healthy
+            cfg,
+            "keycloak",
+            lambda: start_keycloak(cfg, layout, creds),
+            lambda: keycloak_healthy(cfg),
         )
         provision_keycloak(cfg, creds)
 
@@ -155,16 +180,15 @@ def _start_locked(cfg: Config) -> int:
         finally:
             pg_ready.set()
 
-    errors = run_parallel(
-        {
-            "postgres": postgres_guarded,
-            "kafka": kafka_task,
-            "minio": minio_task,
-            "keycloak": keycloak_task,
-        }
-    )
+    tasks: dict[str, Callable[[], None]] = {
+        "postgres": postgres_guarded,
+        **{node.unit: partial(kafka_task, node) for node in cfg.kafka_nodes()},
+        "minio": minio_task,
+        "keycloak": keycloak_task,
+    }
+    errors = run_parallel({u: task for u, task in tasks.items() if u in units})
     if errors:
-        up = [s for s in SERVICES if running_pid(cfg, s) is not None]
+        up = [u for u in cfg.units() if running_pid(cfg, u) is not None]
         if up:
             print(
                 f"localstack: still running: {', '.join(up)} "
@@ -175,9 +199,10 @@ def _start_locked(cfg: Config) -> int:
     creds = load_secrets(cfg, create=False)
     values = app_env(cfg, creds)
     write_private(cfg.stack / "env", env_lines(values))
-    say(f"stack healthy in {time.monotonic() - started:.1f}s")
-    for service in SERVICES:
-        print(f"{service:9} {cfg.listen(service):26} {cfg.details(service)}")
+    what = "stack" if services == SERVICES else ", ".join(services)
+    say(f"{what} healthy in {time.monotonic() - started:.1f}s")
+    for unit in units:
+        print(f"{unit:9} {cfg.listen(unit):26} {cfg.details(unit)}")
     print(f"env:      {cfg.stack / 'env'}  (or: python stack/localstack.py env)")
     print(f"logs:     {cfg.logs}")
     return 0
