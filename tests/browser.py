@@ -71,9 +71,11 @@ class _Browser:
         raise AssertionError(f"too many redirects at {url}")
 
 
-def approve_device(verification_uri_complete: str, username: str, password: str) -> str:
-    """Log in as ``username`` on the device page and grant the access asked for; return
-    the text of the last page."""
+def approve_device(
+    verification_uri_complete: str, username: str, password: str, grant: bool = True
+) -> str:
+    """Log in as ``username`` on the device page and grant (or deny) the access asked for;
+    return the text of the last page."""
     with _Browser() as browser:
         page = browser.get(verification_uri_complete)
         action, inputs, _ = _form(page)
@@ -84,8 +86,12 @@ def approve_device(verification_uri_complete: str, username: str, password: str)
         page = browser.post(action, data={**inputs, "username": username, "password": password})
         if "accept" in page.text or "Grant" in page.text or "grant" in page.text:
             action, inputs, buttons = _form(page)
-            accept = {k: v for k, v in buttons.items() if k == "accept"} or {"accept": "Yes"}
-            page = browser.post(action, data={**inputs, **accept})
-        assert page.status_code == 200, page.text[:500]
-        assert "invalid" not in page.text.lower() or "success" in page.text.lower(), page.text[:800]
+            button = "accept" if grant else "cancel"
+            choice = {k: v for k, v in buttons.items() if k == button} or {button: "Yes"}
+            page = browser.post(action, data={**inputs, **choice})
+        if grant:
+            assert page.status_code == 200, page.text[:500]
+            assert "invalid" not in page.text.lower() or "success" in page.text.lower(), page.text[
+                :800
+            ]
         return page.text

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ from keycloak import KeycloakAdmin
 
 from repovault import db
 from repovault.buckets import bucket_for
+from repovault.settings import Settings
 from repovault.snapshots import s3_client
+from repovault_cli import _tokens
 from tests.browser import approve_device
 from tests.conftest import REPO_ROOT, GitServers, Pipeline
 from tests.daemons import topic_text
@@ -197,6 +200,50 @@ class TestDeviceLogin:
         submit = rv_as(pipeline, user_env, "submit", "git://127.0.0.1:9/a.git")
         assert submit.exit_code == 1
         assert "not logged in; run `rv login`" in submit.output
+
+
+class TestDevicePolling:
+    """The polling loop of `rv login` against Keycloak's real token endpoint."""
+
+    def _settings(self, pipeline: Pipeline, tmp_path: Path) -> Settings:
+        return Settings.from_env({**pipeline.env, "RV_CONFIG_DIR": str(tmp_path)})
+
+    def test_slow_down_makes_the_poll_slower(self, pipeline: Pipeline, tmp_path: Path) -> None:
+        """Polling faster than asked earns `slow_down`; the interval then grows by 5 s."""
+        settings = self._settings(pipeline, tmp_path)
+        code = _tokens.start_device_flow(settings)
+        waits: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            """Too fast on purpose until the poll slows down; then approve and wait properly."""
+            if seconds > code.interval and not approved:
+                approve_device(code.verification_uri_complete, "demo", "demo")
+                approved.append(True)
+            if approved:
+                time.sleep(code.interval)
+            waits.append(seconds)
+
+        approved: list[bool] = []
+
+        tokens = _tokens.poll_device_flow(settings, code, sleep=sleep)
+        assert code.interval + 5 in waits
+        assert _tokens.claims(tokens.access_token)["preferred_username"] == "demo"
+
+    def test_a_denied_login_says_so(self, pipeline: Pipeline, tmp_path: Path) -> None:
+        """Denying the grant in the browser ends `rv login` with a clear message."""
+        settings = self._settings(pipeline, tmp_path)
+        code = _tokens.start_device_flow(settings)
+        approve_device(code.verification_uri_complete, "demo", "demo", grant=False)
+        with pytest.raises(_tokens.LoginFailed, match="the login was denied in the browser"):
+            _tokens.poll_device_flow(settings, code, sleep=lambda _: time.sleep(code.interval))
+        assert not _tokens.token_path(settings).exists()
+
+    def test_an_expired_code_says_so(self, pipeline: Pipeline, tmp_path: Path) -> None:
+        """Nobody approves before the code expires: `rv login` says to start again."""
+        settings = self._settings(pipeline, tmp_path)
+        code = replace(_tokens.start_device_flow(settings), expires_in=2)
+        with pytest.raises(_tokens.LoginFailed, match="the code expired before the login"):
+            _tokens.poll_device_flow(settings, code, sleep=lambda _: time.sleep(1))
 
 
 class TestOperatorRole:
