@@ -30,23 +30,7 @@ def find_snapshot(
     conn: db.Connection, storage: Minio, target: str, snapshot: str | None
 ) -> tuple[str, Manifest]:
     """Resolve a job id or repository URL (and optional snapshot id) to a manifest."""
-    try:
-        job = db.get_job(conn, UUID(target))
-    except ValueError:
-        job = None
-    else:
-        if job is None:
-            raise RestoreError(f"no job {target}")
-        if not job.snapshot or not job.bucket:
-            raise RestoreError(f"job {target} has no snapshot (state {job.state})")
-        snapshot = snapshot or job.snapshot
-    if job is not None and job.bucket:
-        bucket = job.bucket
-    else:
-        try:
-            bucket = bucket_for(parse_repo_url(target).url)
-        except InvalidRepoUrl as error:
-            raise RestoreError(f"{error}; give a job id or a repository URL") from None
+    bucket, snapshot = _bucket_and_snapshot(conn, target, snapshot)
     manifest = (
         read_manifest(storage, bucket, snapshot) if snapshot else latest_manifest(storage, bucket)
     )
@@ -56,6 +40,25 @@ def find_snapshot(
             f"no complete snapshot {snapshot or '(latest)'} for {target}; snapshots: {known}"
         )
     return bucket, manifest
+
+
+def _bucket_and_snapshot(
+    conn: db.Connection, target: str, snapshot: str | None
+) -> tuple[str, str | None]:
+    """A job id names its bucket and snapshot; a URL names its bucket (latest snapshot)."""
+    try:
+        job_id = UUID(target)
+    except ValueError:
+        try:
+            return bucket_for(parse_repo_url(target).url), snapshot
+        except InvalidRepoUrl as error:
+            raise RestoreError(f"{error}; give a job id or a repository URL") from None
+    job = db.get_job(conn, job_id)
+    if job is None:
+        raise RestoreError(f"no job {target}")
+    if not job.snapshot or not job.bucket:
+        raise RestoreError(f"job {target} has no snapshot (state {job.state})")
+    return job.bucket, snapshot or job.snapshot
 
 
 def restore(storage: Minio, bucket: str, manifest: Manifest, destination: Path) -> None:

@@ -24,10 +24,6 @@ class JobState(enum.StrEnum):
     def is_final(self) -> bool:
         return self in FINAL_STATES
 
-    @property
-    def is_success(self) -> bool:
-        return self in (JobState.DONE, JobState.UNCHANGED)
-
 
 FINAL_STATES = frozenset(
     {JobState.DONE, JobState.UNCHANGED, JobState.FAILED, JobState.REJECTED, JobState.DUPLICATE}

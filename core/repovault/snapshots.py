@@ -74,10 +74,6 @@ class Manifest:
         return cls(**document, files=files)
 
 
-class SnapshotNotFound(LookupError):
-    """No complete snapshot where one was asked for; the message says what exists."""
-
-
 def read_manifest(client: Minio, bucket: str, snapshot: str) -> Manifest | None:
     """The manifest of a snapshot, or None when the snapshot is missing or incomplete."""
     payload = _get(client, bucket, manifest_key(snapshot))

@@ -11,8 +11,9 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from .config import Config, service_of
 from .console import StackError, say
@@ -74,12 +75,9 @@ def spawn(
     cwd: Path,
 ) -> subprocess.Popen[bytes]:
     """Start ``service`` in its own session, logging to its log, and record it in its pid file."""
-    cfg.logs.mkdir(parents=True, exist_ok=True)
     cfg.run.mkdir(parents=True, exist_ok=True)
     log_path = cfg.log(service)
-    with open(log_path, "ab") as log:
-        log.write(f"\n===== localstack: starting {service} at {time.ctime()} =====\n".encode())
-        log.flush()
+    with _log_section(log_path, f"starting {service} at {time.ctime()}") as log:
         try:
             proc = subprocess.Popen(
                 argv,
@@ -192,6 +190,16 @@ def check_ports(cfg: Config, units: list[str]) -> list[StackError]:
     return problems
 
 
+@contextlib.contextmanager
+def _log_section(log_path: Path, heading: str) -> Iterator[BinaryIO]:
+    """``log_path`` opened for appending, after a heading line saying what follows."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        log.write(f"\n===== localstack: {heading} =====\n".encode())
+        log.flush()
+        yield log
+
+
 def run_logged(
     service: str,
     argv: list[str],
@@ -202,10 +210,7 @@ def run_logged(
     timeout: float = 3600,
 ) -> None:
     """Run a one-off command with its output appended to ``log_path``; fail with the log named."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        log.write(f"\n===== localstack: {shlex.join(argv)} ({time.ctime()}) =====\n".encode())
-        log.flush()
+    with _log_section(log_path, f"{shlex.join(argv)} ({time.ctime()})") as log:
         try:
             result = subprocess.run(
                 argv,
