@@ -42,7 +42,13 @@ class RetryPolicy:
 
     initial_seconds: float = 0.2
     ceiling_seconds: float = 10.0
-    transient: tuple[type[BaseException], ...] = (TransientError, DatabaseUnavailable)
+    # A KafkaException from a step (producing to the next topic) is about the cluster, not the
+    # message: retried like the database, instead of ending the daemon.
+    transient: tuple[type[BaseException], ...] = (
+        TransientError,
+        DatabaseUnavailable,
+        KafkaException,
+    )
 
     def delays(self) -> Callable[[], float]:
         current = [self.initial_seconds]
@@ -172,8 +178,6 @@ class Pipeline:
             except MalformedMessage as error:
                 self._dead_letter(message, f"malformed: {error}")
                 return True
-            except (ShutdownNow, KafkaException):
-                raise
             except Exception as error:  # one bad message must not crash-loop the daemon
                 log.exception("message could not be processed")
                 self._dead_letter(message, f"{type(error).__name__}: {error}")
